@@ -1,0 +1,81 @@
+"""Long-tailed subsets of balanced data sets (CIFAR-LT, Cao et al. 2019; used by MiSLAS).
+
+Class i (0-based) of K keeps ``int(n_max * IF ** (-i / (K - 1)))`` images ("exp" profile), where
+IF = N_1 / N_K is the imbalance factor; the "step" profile keeps n_max images for the first
+half of the classes and ``int(n_max / IF)`` for the rest. Which images are kept is a seeded random
+choice per class (the reference's ``np.random.seed(0)`` + per-class shuffle, reproduced exactly).
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import List, Sequence
+
+import numpy as np
+
+__all__ = ['LONGTAIL_PROFILES', 'longtail_counts', 'longtail_indices', 'split_sha256', 'class_counts']
+
+LONGTAIL_PROFILES = ('exp', 'step')
+
+
+def longtail_counts(n_max: int, num_classes: int, imb_factor: float, profile: str = 'exp') -> List[int]:
+    """Images kept per class: ``longtail_counts(5000, 10, 100)`` ==
+    ``[5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]``.
+
+    exp:  N_i = int(n_max * (1 / IF) ** (i / (K - 1)))
+    step: N_i = n_max for i < K // 2, int(n_max / IF) otherwise
+    """
+    if int(n_max) != n_max or n_max < 1:
+        raise ValueError(f'n_max must be a positive integer (images of the largest class), got {n_max!r}')
+    if int(num_classes) != num_classes or num_classes < 2:
+        raise ValueError(f'num_classes must be an integer >= 2, got {num_classes!r}')
+    if not imb_factor >= 1:
+        raise ValueError(f'imb_factor is N_1 / N_K and must be >= 1 (e.g. 100, not the reference code\'s 0.01), '
+                         f'got {imb_factor!r}')
+    if profile not in LONGTAIL_PROFILES:
+        raise ValueError(f'profile must be one of {LONGTAIL_PROFILES}, got {profile!r}')
+    ratio = 1.0 / imb_factor  # the reference passes this ratio (0.01 for IF 100): same float, same counts
+    if profile == 'exp':
+        counts = [int(n_max * ratio ** (i / (num_classes - 1.0))) for i in range(num_classes)]
+    else:
+        counts = [int(n_max) if i < num_classes // 2 else int(n_max * ratio) for i in range(num_classes)]
+    empty = [i for i, n in enumerate(counts) if n < 1]
+    if empty:
+        raise ValueError(f'imb_factor={imb_factor} leaves classes {empty} with 0 images (n_max={n_max}): '
+                         f'use imb_factor <= {n_max} or a larger n_max')
+    return counts
+
+
+def class_counts(labels: Sequence[int], num_classes: int) -> List[int]:
+    """Number of samples of each class 0..num_classes-1."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f'labels must lie in [0, {num_classes - 1}], found {labels.min()}..{labels.max()}')
+    return np.bincount(labels, minlength=num_classes).tolist()
+
+
+def longtail_indices(labels: Sequence[int], counts: Sequence[int], data_seed: int = 0) -> np.ndarray:
+    """Indices of a long-tailed subset: ``counts[c]`` randomly chosen samples of each class c.
+
+    Reproduces the reference: ``np.random.seed(data_seed)``, then for c = 0..K-1 shuffle the
+    indices of class c (in data order) and keep the first counts[c]. Returned in that order.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    available = class_counts(labels, len(counts))
+    short = [(c, need, have) for c, (need, have) in enumerate(zip(counts, available)) if need > have]
+    if short:
+        c, need, have = short[0]
+        raise ValueError(f'class {c} needs {need} images for the long-tail view but the data has only {have}; '
+                         'lower n_max or pass a larger training split')
+    rng = np.random.RandomState(data_seed)
+    kept = []
+    for c, need in enumerate(counts):
+        idx = np.where(labels == c)[0]
+        rng.shuffle(idx)
+        kept.append(idx[:need])
+    return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+
+
+def split_sha256(indices: Sequence[int]) -> str:
+    """Checksum of a subset: sha256 of the sorted indices written as ASCII decimals joined by ','."""
+    text = ','.join(str(int(i)) for i in sorted(int(i) for i in indices))
+    return hashlib.sha256(text.encode('ascii')).hexdigest()

@@ -1,0 +1,132 @@
+"""Model cards rendered from metrics.json (numbers in percent), and the check that both agree."""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import yaml
+
+__all__ = ['CardError', 'render_card', 'card_front_matter', 'check_card_matches_metrics', 'pct']
+
+CITATION = """@inproceedings{zhong2021mislas,
+  title     = {Improving Calibration for Long-Tailed Recognition},
+  author    = {Zhong, Zhisheng and Cui, Jiequan and Liu, Shu and Jia, Jiaya},
+  booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2021}
+}"""
+
+
+class CardError(ValueError):
+    """A model card that disagrees with its metrics.json."""
+
+
+def pct(value: Optional[float], digits: int = 2) -> Optional[float]:
+    """A fraction as a percentage rounded for display (None stays None)."""
+    return None if value is None else round(100.0 * float(value), digits)
+
+
+def _fmt(value: Optional[float]) -> str:
+    return 'n/a (no class in group)' if value is None else f'{pct(value):.2f}'
+
+
+def render_card(config: Dict[str, Any], metrics: Dict[str, Any], context: Dict[str, Any]) -> str:
+    """The README.md of a Hub folder.
+
+    context keys (all optional): ``hub_id``, ``title``, ``summary``, ``preset``, ``command``,
+    ``dataset_id`` (for the ``datasets`` front-matter field), ``limitations`` (list of strings).
+    """
+    arch = config['architecture']
+    mislas = config.get('mislas') or {}
+    hub_id = context.get('hub_id') or f'ORG/{arch}'
+    dataset_name = metrics.get('dataset') or mislas.get('dataset') or 'unknown'
+    dataset_id = context.get('dataset_id') or mislas.get('dataset_id') or dataset_name
+    title = context.get('title') or f'{arch} trained with MiSLAS'
+    front = {
+        'library_name': 'timm',
+        'license': 'apache-2.0',
+        'pipeline_tag': 'image-classification',
+        'tags': ['image-classification', 'timm', 'long-tailed', 'calibration', 'mislas'],
+        'datasets': [dataset_id],
+        'metrics': ['accuracy', 'ece'],
+        'model-index': [{
+            'name': hub_id.split('/')[-1],
+            'results': [{
+                'task': {'type': 'image-classification', 'name': 'Image Classification'},
+                'dataset': {'name': dataset_name, 'type': dataset_id, 'split': metrics.get('split', 'test')},
+                'metrics': [
+                    {'type': 'accuracy', 'name': 'Top-1 accuracy (%)', 'value': pct(metrics['top1'])},
+                    {'type': 'ece', 'name': 'Expected calibration error, 15 bins (%)', 'value': pct(metrics['ece'])},
+                ],
+            }],
+        }],
+    }
+    limitations = context.get('limitations') or []
+    recipe = context.get('command') or 'see the mislas-timm README'
+    lines = [
+        '---', yaml.safe_dump(front, sort_keys=False).rstrip(), '---', '',
+        f'# {title}', '',
+        context.get('summary') or 'A long-tailed image classifier trained with MiSLAS (Zhong et al., CVPR 2021): '
+        'mixup in stage 1, then a classifier retrained on class-balanced batches with label-aware smoothing.',
+        '',
+        '## Results on the test split', '',
+        f'Measured by `python -m mislas_timm.evaluate` on {metrics["num_samples"]} images of the '
+        f'`{metrics.get("split", "test")}` split of `{dataset_name}` (numbers in %).', '',
+        '| top-1 | top-5 | ECE | MCE | NLL | Brier |',
+        '|---|---|---|---|---|---|',
+        f'| {_fmt(metrics["top1"])} | {_fmt(metrics["top5"])} | {_fmt(metrics["ece"])} | {_fmt(metrics["mce"])} '
+        f'| {metrics["nll"]:.4f} | {metrics["brier"]:.4f} |', '',
+        'By training-set frequency (many > 100, medium 20-100, few < 20 training images per class) '
+        'and by frequency rank (head / med / tail):', '',
+        '| many | medium | few | head | med | tail |',
+        '|---|---|---|---|---|---|',
+        '| ' + ' | '.join(_fmt(metrics.get(k)) for k in
+                         ('many_top1', 'medium_top1', 'few_top1', 'head_top1', 'med_top1', 'tail_top1')) + ' |', '',
+        '![Reliability diagram](reliability.png)', '',
+        '## Usage', '',
+        'The architecture is registered by `mislas_timm`: import it before `timm.create_model`, '
+        'otherwise timm fails with "Unknown model".', '',
+        '```python',
+        'import mislas_timm  # registers the MiSLAS models with timm',
+        'import timm',
+        'import torch',
+        '',
+        f'model = timm.create_model("hf-hub:{hub_id}", pretrained=True).eval()',
+        'config = timm.data.resolve_data_config({}, model=model)',
+        'transform = timm.data.create_transform(**config)',
+        'image = torch.rand(3, *config["input_size"][1:])  # or transform(PIL.Image.open(path).convert("RGB"))',
+        'probs = model(image.unsqueeze(0)).softmax(dim=-1)',
+        'print(model.pretrained_cfg["label_names"][int(probs.argmax())], float(probs.max()))',
+        '```', '',
+        '## Training', '',
+        f'- preset: `{mislas.get("preset", context.get("preset", "n/a"))}`; stage: {mislas.get("stage", "n/a")}',
+        f'- data: long-tail view with imbalance factor {mislas.get("imb_factor")}, data seed '
+        f'{mislas.get("data_seed")}, kept-indices sha256 `{mislas.get("split_sha256")}`',
+        f'- training images per class: {mislas.get("class_counts")}',
+        '- command:', '', '```bash', recipe, '```', '',
+        '## Limitations', '',
+    ]
+    lines += [f'- {item}' for item in limitations] or ['- none recorded']
+    lines += ['', '## Citation', '', '```bibtex', CITATION, '```', '',
+              'Code and weights: Apache-2.0. Produced with [mislas-timm](https://github.com/mislas-timm/mislas-timm).', '']
+    return '\n'.join(lines)
+
+
+def card_front_matter(card: str) -> Dict[str, Any]:
+    if not card.startswith('---\n'):
+        raise CardError('model card has no YAML front matter')
+    end = card.index('\n---', 4)
+    return yaml.safe_load(card[4:end])
+
+
+def check_card_matches_metrics(card: str, metrics: Dict[str, Any]) -> None:
+    """Raise ``CardError`` unless the card's model-index top-1 and ECE equal metrics.json's (in %)."""
+    front = card_front_matter(card)
+    try:
+        values = {m['type']: m['value'] for m in front['model-index'][0]['results'][0]['metrics']}
+    except (KeyError, IndexError, TypeError):
+        raise CardError('model card front matter has no model-index results') from None
+    for key, metric_key in (('accuracy', 'top1'), ('ece', 'ece')):
+        expected = pct(metrics[metric_key])
+        if values.get(key) != expected:
+            raise CardError(f'model card says {key} = {values.get(key)}% but metrics.json says {expected}%; '
+                            're-render the card from metrics.json (python -m mislas_timm.hub card FOLDER)')
+
