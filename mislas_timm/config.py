@@ -103,6 +103,12 @@ def apply_overrides(cfg: Dict[str, Any], overrides: Iterable[str]) -> Dict[str, 
             value = yaml.safe_load(raw)
         except yaml.YAMLError as err:
             raise ConfigError(f'--set {key}: cannot parse value {raw!r}: {err}') from None
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-3" as a string; a number is what a user means.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         try:
             set_value(cfg, key, value)
         except ConfigError as err:

@@ -234,9 +234,16 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: Dict[str, A
     seed = int(cfg.get('seed', 0))
     optimizer = torch.optim.SGD(spec.param_groups, lr=sc['lr'], momentum=sc['momentum'],
                                 weight_decay=sc['weight_decay'])
+    # One stage's state per checkpoint: forget the previous stage's model and optimizer, so that a
+    # resumed stage 2 (without a stage 1 in this process) finds its own state as "model 0".
+    accelerator.free_memory()
     model, optimizer = accelerator.prepare(spec.model, optimizer)
     checkpointer = Checkpointer(out / 'checkpoints', spec.name, accelerator)
+    configured_lrs = [group['initial_lr'] for group in spec.param_groups]
     start_epoch = checkpointer.restore() if resume else 0
+    # The restored optimizer carries the old run's lrs; the config (e.g. a lowered --set lr) wins.
+    for group, lr in zip(optimizer.param_groups, configured_lrs):
+        group['initial_lr'] = lr
     if start_epoch:
         logger.info('%s: resumed after epoch %d from %s', spec.name, start_epoch, checkpointer._final())
     transform = build_train_transform(cfg['data']['train_transform'], accelerator.unwrap_model(model).pretrained_cfg,
@@ -273,7 +280,7 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: Dict[str, A
             if not bool(torch.isfinite(loss.detach())):
                 last = checkpointer.latest_epoch()
                 where = f'{checkpointer._final()} (after epoch {last})' if last is not None else 'none yet'
-                raise TrainingError(f'{spec.name}: loss is {float(loss)} at epoch {epoch} step {step}; stopped. '
+                raise TrainingError(f'{spec.name}: loss is {float(loss.detach())} at epoch {epoch} step {step}; stopped. '
                                     f'Last good checkpoint: {where}. Lower the lr (--set {spec.name}.lr=...) and '
                                     'rerun with --resume')
             optimizer.zero_grad(set_to_none=True)
@@ -407,7 +414,7 @@ def run_training(cfg: Dict[str, Any], *, output_dir: str, stage: str = 'all', in
     if not resume and taken:
         raise ConfigError(f'{out} already holds stage {taken[0]} of a run; pass --resume to continue it or choose '
                           'another --output-dir')
-    accelerator = Accelerator(mixed_precision=mixed_precision, log_with=report_to, cpu=cpu,
+    accelerator = Accelerator(mixed_precision=mixed_precision, log_with=report_to, cpu=cpu or not _has_accelerator(),
                               project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / 'logs')))
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -453,6 +460,14 @@ def run_training(cfg: Dict[str, Any], *, output_dir: str, stage: str = 'all', in
     if report_to:
         accelerator.end_training()
     return written
+
+
+def _has_accelerator() -> bool:
+    """A GPU-like device for Accelerate. Without one, Accelerate must be told cpu=True, or a
+    ``--multi_gpu`` launch on a CPU-only machine starts independent single processes."""
+    mps = getattr(torch.backends, 'mps', None)
+    xpu = getattr(torch, 'xpu', None)
+    return torch.cuda.is_available() or bool(mps and mps.is_available()) or bool(xpu and xpu.is_available())
 
 
 def _setup_logging(path: Path, is_main: bool) -> None:

@@ -58,10 +58,12 @@ class ClassAwareSampler(Sampler[int]):
     """Class-balanced sampler with the reference semantics, sharded across processes.
 
     The nominal length is n_max * K (n_max = size of the largest class), as the reference. With
-    ``num_replicas`` R the global stream is cut into class visits of ``samples_per_class``
-    indices and visit v goes to rank v mod R, so every rank gets whole class visits, the shares
-    are disjoint and of equal length, and their union is the single-process stream (padded to a
-    multiple of R visits). ``set_epoch`` reseeds the stream with (seed, epoch).
+    ``num_replicas`` R the global stream (padded to a multiple of R whole class visits of
+    ``samples_per_class`` indices) is cut into R contiguous, equal shares: rank r gets share r.
+    The shares are disjoint, their concatenation is the single-process stream, and each holds
+    whole class cycles, so every rank is class-balanced on its own (a round-robin deal of visits
+    would not be: with K = 4 classes and R = 2, rank 0 could get a class twice per cycle).
+    ``set_epoch`` reseeds the stream with (seed, epoch).
     """
 
     def __init__(
@@ -101,8 +103,8 @@ class ClassAwareSampler(Sampler[int]):
         return class_aware_sequence(self.labels, self.total_size, self.samples_per_class, rng)
 
     def __iter__(self) -> Iterator[int]:
-        stream = np.asarray(self.global_stream()).reshape(-1, self.samples_per_class)
-        return iter(stream[self.rank::self.num_replicas].reshape(-1).tolist())
+        share = len(self)
+        return iter(self.global_stream()[self.rank * share:(self.rank + 1) * share])
 
     def __len__(self) -> int:
         return self.visits_per_rank * self.samples_per_class

@@ -81,8 +81,9 @@ class CifarResNet(nn.Module):
         widths = tuple(widths)
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
+        self.act1 = nn.ReLU(inplace=True)
         in_planes = widths[0]
-        self.feature_info: List[Dict[str, Any]] = [dict(num_chs=widths[0], reduction=1, module='bn1')]
+        self.feature_info: List[Dict[str, Any]] = [dict(num_chs=widths[0], reduction=1, module='act1')]
         for stage_idx, (planes, stride) in enumerate(zip(widths, (1, 2, 2))):
             blocks = []
             for block_idx in range(blocks_per_stage):
@@ -118,7 +119,7 @@ class CifarResNet(nn.Module):
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.act1(self.bn1(self.conv1(x)))
         for stage in (self.layer1, self.layer2, self.layer3):
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = torch.utils.checkpoint.checkpoint_sequential(stage, len(stage), x, use_reentrant=False)
@@ -155,7 +156,7 @@ def _create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs) -> Ci
     return build_model_with_cfg(
         CifarResNet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(flatten_sequential=True),
+        feature_cfg=dict(out_indices=(0, 1, 2, 3)),
         **kwargs,
     )
 

@@ -1,0 +1,147 @@
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import timm
+import torch
+
+import mislas_timm
+from mislas_timm import zoo
+from mislas_timm.hub import CardError, HubError, check_card_matches_metrics, load_model, prepare_upload, push_to_hub
+
+from .hub_fixtures import CIFAR10_NAMES, build_offline_cache, make_hub_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+    return make_hub_folder(tmp_path_factory.mktemp('hub') / 'model')
+
+
+def test_folder_layout_and_config(folder):
+    assert sorted(p.name for p in folder.iterdir()) == sorted(mislas_timm.hub.HUB_FILES)
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['architecture'] == 'resnet20_cifar' and config['num_classes'] == 10
+    assert config['label_names'] == CIFAR10_NAMES
+    cfg = config['pretrained_cfg']
+    assert cfg['input_size'] == [3, 32, 32] and cfg['crop_pct'] == 1.0 and cfg['mean'] == [0.4914, 0.4822, 0.4465]
+    assert {'class_counts', 'data_seed', 'imb_factor', 'split_sha256', 'rank_split', 'preset'} <= set(config['mislas'])
+    assert (folder / 'reliability.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_local_dir_round_trip(folder):
+    x = torch.randn(2, 3, 32, 32)
+    original = timm.create_model('resnet20_cifar', num_classes=10)
+    from safetensors.torch import load_file
+    original.load_state_dict(load_file(folder / 'model.safetensors'))
+    expected = original.eval()(x)
+    for source in (f'local-dir:{folder}', str(folder)):
+        model = load_model(source)
+        assert torch.equal(model(x), expected)
+        assert model.pretrained_cfg['label_names'] == CIFAR10_NAMES
+        assert model.mislas_config['rank_split'] == [3, 7]
+    plain = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    assert torch.equal(plain(x), expected)
+
+
+def run_offline(code, cache, cwd):
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache), HF_HOME=str(cache.parent / 'hf_home'),
+               PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+
+def test_offline_hub_cache_under_zoo_repo_id(folder, tmp_path):
+    repo_id = zoo.get('resnet32_cifar.cifar10_lt_if100_mislas').hub_id
+    cache = tmp_path / 'hub'
+    build_offline_cache(cache, repo_id, folder)
+    code = textwrap.dedent(f'''
+        import torch, timm, mislas_timm
+        from safetensors.torch import load_file
+        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        ref = timm.create_model("resnet20_cifar", num_classes=10)
+        ref.load_state_dict(load_file({str(folder / 'model.safetensors')!r}))
+        a = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()
+        b = mislas_timm.load_model("hf-hub:{repo_id}")
+        assert torch.equal(a(x), ref.eval()(x)) and torch.equal(b(x), a(x))
+        assert b.mislas_config["class_counts"][0] == 5000
+        print("OK", a.pretrained_cfg["label_names"][8])
+    ''')
+    result = run_offline(code, cache, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == 'OK ship'
+
+
+def test_card_usage_code_runs_as_written(folder, tmp_path):
+    card = (folder / 'README.md').read_text()
+    code = re.search(r'```python\n(.*?)```', card, re.S).group(1)
+    cache = tmp_path / 'hub'
+    build_offline_cache(cache, 'mislas-timm/test-model', folder)
+    result = run_offline(code, cache, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    name, conf = result.stdout.split()
+    assert name in CIFAR10_NAMES and 0 < float(conf) <= 1
+
+
+def test_card_agrees_with_metrics(folder):
+    metrics = json.loads((folder / 'metrics.json').read_text())
+    card = (folder / 'README.md').read_text()
+    check_card_matches_metrics(card, metrics)
+    assert f'{100 * metrics["top1"]:.2f}' in card and f'{100 * metrics["ece"]:.2f}' in card
+    front = mislas_timm.hub.card.card_front_matter(card)
+    assert front['library_name'] == 'timm' and front['license'] == 'apache-2.0'
+    assert {'long-tailed', 'calibration', 'mislas'} <= set(front['tags'])
+    bad = card.replace(f'value: {round(100 * metrics["ece"], 2)}', 'value: 1.23', 1)
+    with pytest.raises(CardError, match='ece'):
+        check_card_matches_metrics(bad, metrics)
+
+
+def test_push_checks_folder_and_token(folder, tmp_path, monkeypatch):
+    assert prepare_upload(folder) == folder
+    monkeypatch.setenv('HF_HUB_DISABLE_IMPLICIT_TOKEN', '1')
+    monkeypatch.delenv('HF_TOKEN', raising=False)
+    monkeypatch.setenv('HF_TOKEN_PATH', str(tmp_path / 'no-token'))
+    with pytest.raises(HubError, match='no Hugging Face token'):
+        push_to_hub(folder, 'someone/model')
+    incomplete = tmp_path / 'incomplete'
+    incomplete.mkdir()
+    for name in ('config.json', 'model.safetensors'):
+        (incomplete / name).write_bytes((folder / name).read_bytes())
+    with pytest.raises(HubError, match='missing'):
+        push_to_hub(incomplete, 'someone/model', token='hf_secret_value')
+
+
+def test_push_cli_never_prints_token(folder, tmp_path):
+    env = dict(os.environ, HF_TOKEN='hf_do_not_print_me', HF_HUB_OFFLINE='1', PYTHONPATH=ROOT,
+               HF_HOME=str(tmp_path / 'hf'))
+    result = subprocess.run([sys.executable, '-m', 'mislas_timm.hub', 'push', str(folder), 'someone/model'],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode != 0
+    assert 'hf_do_not_print_me' not in result.stdout + result.stderr
+
+
+def test_bad_sources(folder, tmp_path):
+    with pytest.raises(HubError, match='unknown model source'):
+        load_model('no-such-model')
+    truncated = tmp_path / 'truncated'
+    truncated.mkdir()
+    (truncated / 'config.json').write_text((folder / 'config.json').read_text())
+    data = (folder / 'model.safetensors').read_bytes()
+    (truncated / 'model.safetensors').write_bytes(data[:len(data) // 2])
+    with pytest.raises(HubError, match='truncated'):
+        load_model(str(truncated))
+    (truncated / 'model.safetensors').unlink()
+    with pytest.raises(HubError, match='no model.safetensors'):
+        load_model(f'local-dir:{truncated}')
+    unknown = tmp_path / 'unknown'
+    unknown.mkdir()
+    config = json.loads((folder / 'config.json').read_text())
+    config['architecture'] = 'resnet7_mystery'
+    (unknown / 'config.json').write_text(json.dumps(config))
+    (unknown / 'model.safetensors').write_bytes(data)
+    with pytest.raises(HubError, match='import mislas_timm'):
+        load_model(str(unknown))

@@ -1,0 +1,196 @@
+"""train.py end to end on tiny synthetic data: both stages, resume, 2 processes, bf16, bad input."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import mislas_timm
+from mislas_timm.metrics import REPORT_KEYS
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', OMP_NUM_THREADS='1')
+
+
+def train(*args, check=True, timeout=600):
+    result = subprocess.run([sys.executable, str(ROOT / 'train.py'), *map(str, args)], capture_output=True,
+                            text=True, env=ENV, cwd=ROOT, timeout=timeout)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope='module')
+def full_run(tmp_path_factory, tiny_config_file):
+    out = tmp_path_factory.mktemp('run') / 'out'
+    train('--config', tiny_config_file, '--output-dir', out)
+    return out
+
+
+def test_run_folder_layout(full_run):
+    assert (full_run / 'train.log').is_file() and (full_run / 'checkpoints').is_dir()
+    for stage in (1, 2):
+        folder = full_run / f'stage{stage}'
+        assert sorted(p.name for p in folder.iterdir()) == sorted(mislas_timm.hub.HUB_FILES)
+        metrics = json.loads((folder / 'metrics.json').read_text())
+        assert set(REPORT_KEYS) == set(metrics)
+        assert metrics['num_samples'] == 40 and 0 <= metrics['top1'] <= 1 and 0 <= metrics['ece'] <= 1
+        config = json.loads((folder / 'config.json').read_text())
+        assert config['label_names'] == ['red', 'green', 'blue', 'gray']
+        m = config['mislas']
+        assert m['class_counts'] == [60, 27, 12, 6] and m['imb_factor'] == 10 and m['data_seed'] == 0
+        assert m['stage'] == stage and len(m['split_sha256']) == 64 and m['rank_split'] == [1, 3]
+        assert metrics['class_counts'] == [60, 27, 12, 6]
+    log = (full_run / 'train.log').read_text()
+    assert 'stage1 epoch 2/2' in log and 'stage2 epoch 2/2' in log
+
+
+def test_stage2_is_a_plain_timm_model(full_run):
+    import timm
+    model = timm.create_model(f'local-dir:{full_run / "stage2"}', pretrained=True).eval()
+    assert isinstance(model.get_classifier(), torch.nn.Linear)
+    ref = mislas_timm.load_model(str(full_run / 'stage2'))
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(model(x), ref(x))
+    # Stage 2 changed only the classifier (shift-BN on: and the BN running statistics).
+    s1 = load_file(full_run / 'stage1' / 'model.safetensors')
+    s2 = load_file(full_run / 'stage2' / 'model.safetensors')
+    changed = {k for k in s1 if not torch.equal(s1[k], s2[k])}
+    assert {'fc.weight', 'fc.bias'} <= changed
+    assert all(k.startswith('fc.') or 'running_' in k or 'num_batches' in k for k in changed)
+    assert any('running_mean' in k for k in changed)
+
+
+def test_evaluator_reproduces_stage_metrics(full_run, tiny_dataset_dir, tmp_path):
+    result = subprocess.run([sys.executable, '-m', 'mislas_timm.evaluate', str(full_run / 'stage2'), '--dataset',
+                             str(tiny_dataset_dir), '--out', str(tmp_path)], capture_output=True, text=True,
+                            env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr
+    again = json.loads((tmp_path / 'metrics.json').read_text())
+    saved = json.loads((full_run / 'stage2' / 'metrics.json').read_text())
+    for key in ('top1', 'ece', 'nll', 'brier', 'head_top1', 'few_top1'):
+        assert again[key] == pytest.approx(saved[key], abs=1e-6), key
+    assert (tmp_path / 'reliability.png').is_file()
+
+
+RESUME_SCRIPT = textwrap.dedent('''
+    import os, sys
+    import mislas_timm.training as t
+    original = t.Checkpointer.save
+    def save_then_die(self, epoch):
+        original(self, epoch)
+        if self.stage == os.environ["DIE_STAGE"] and epoch == int(os.environ["DIE_EPOCH"]):
+            os._exit(137)  # as abrupt as SIGKILL: no cleanup, no atexit
+    t.Checkpointer.save = save_then_die
+    sys.argv = ["train.py"] + sys.argv[1:]
+    import runpy
+    runpy.run_path(os.path.join(os.environ["PYTHONPATH"], "train.py"), run_name="__main__")
+''')
+
+
+@pytest.mark.parametrize('die_stage,die_epoch', [('stage1', 0), ('stage2', 0)])
+def test_resume_after_kill_matches_uninterrupted(full_run, tiny_config_file, tmp_path, die_stage, die_epoch):
+    out = tmp_path / 'killed'
+    env = dict(ENV, DIE_STAGE=die_stage, DIE_EPOCH=str(die_epoch))
+    killed = subprocess.run([sys.executable, '-c', RESUME_SCRIPT, '--config', str(tiny_config_file),
+                             '--output-dir', str(out)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert killed.returncode == 137, killed.stderr[-2000:]
+    assert not (out / 'stage2' / 'model.safetensors').exists()
+    refused = train('--config', tiny_config_file, '--output-dir', out, check=False)
+    assert refused.returncode == 2 and '--resume' in refused.stderr
+    train('--config', tiny_config_file, '--output-dir', out, '--resume')
+    log = (out / 'train.log').read_text()
+    assert f'{die_stage}: resumed after epoch {die_epoch + 1}' in log
+    for stage in ('stage1', 'stage2'):
+        a = load_file(full_run / stage / 'model.safetensors')
+        b = load_file(out / stage / 'model.safetensors')
+        assert a.keys() == b.keys()
+        diff = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+        assert diff <= 1e-6, f'{stage}: max abs difference {diff}'
+
+
+def test_two_processes_count_every_sample_once(full_run, tiny_config_file, tiny_dataset_dir, tmp_path):
+    """accelerate launch with 2 gloo processes: the same metrics as one process on the same weights."""
+    out = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
+           '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no', str(ROOT / 'train.py'),
+           '--config', str(tiny_config_file), '--output-dir', str(out), '--stage', '2',
+           '--init', str(full_run / 'stage1'), '--stage2-epochs', '1', '--max-eval-samples', '39']
+    result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (out / 'train.log').read_text()
+    assert '2 process(es)' in log
+    ddp = json.loads((out / 'stage2' / 'metrics.json').read_text())
+    assert ddp['num_samples'] == 39  # 39 over 2 ranks: the padded duplicate is dropped
+    import datasets
+    test = datasets.load_from_disk(str(tiny_dataset_dir))['test'].select(range(39))
+    model = mislas_timm.load_model(str(out / 'stage2'))
+    single = mislas_timm.evaluate(model, test)
+    for key in ('top1', 'top5', 'ece', 'mce', 'nll', 'brier', 'per_class_top1', 'head_top1', 'tail_top1'):
+        assert single[key] == pytest.approx(ddp[key], abs=1e-5), key
+
+
+def test_bf16_step_runs_on_cpu(tiny_config_file, tmp_path):
+    out = tmp_path / 'bf16'
+    train('--config', tiny_config_file, '--output-dir', out, '--stage', '1', '--epochs', '1',
+          '--mixed-precision', 'bf16', '--max-train-samples', '40', '--max-eval-samples', '8')
+    log = (out / 'train.log').read_text()
+    assert 'mixed precision bf16' in log and 'stage1 epoch 1/1' in log
+    metrics = json.loads((out / 'stage1' / 'metrics.json').read_text())
+    assert metrics['num_samples'] == 8 and metrics['nll'] == metrics['nll']  # finite, not NaN
+
+
+def one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr[-2000:]
+    err = result.stderr.strip()
+    assert 'Traceback' not in err and err.count('\n') == 0, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_bad_input(tiny_config_file, tiny_dataset_dir, full_run, tmp_path):
+    out = tmp_path / 'bad'
+    one_line_error(train('--preset', 'cifar10-lt-if1000', '--output-dir', out, check=False), 'unknown preset')
+    one_line_error(train('--preset', 'cifar10-lt-if100', '--dataset', tmp_path / 'nowhere', '--output-dir', out,
+                         check=False), 'does not exist')
+    one_line_error(train('--preset', 'cifar10-lt-if100', '--dataset', 'someone/not-cached-anywhere', '--output-dir',
+                         out, check=False), 'someone/not-cached-anywhere', 'local')
+    one_line_error(train('--preset', 'cifar10-lt-if100', '--dataset', tiny_dataset_dir, '--output-dir', out,
+                         check=False), 'has 4 classes', 'expects 10')
+    one_line_error(train('--config', tiny_config_file, '--image-column', 'picture', '--output-dir', out,
+                         check=False), "'picture'", '--image-column')
+    one_line_error(train('--config', tiny_config_file, '--set', 'stage2.shfit_bn=true', '--output-dir', out,
+                         check=False), 'shfit_bn')
+    assert not out.exists() or not any((out / s).exists() for s in ('stage1', 'stage2'))
+
+
+def test_init_with_other_class_count_is_refused(tiny_config_file, tmp_path):
+    from .hub_fixtures import make_hub_folder
+    ten_classes = make_hub_folder(tmp_path / 'ten')
+    err = one_line_error(train('--config', tiny_config_file, '--stage', '2', '--init', ten_classes,
+                               '--output-dir', tmp_path / 'out', check=False), '10 classes', 'has 4')
+    assert 'init' in err
+    assert not (tmp_path / 'out' / 'stage2').exists()
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_config_file, tmp_path):
+    out = tmp_path / 'nan'
+    env = dict(ENV, DIE_STAGE='stage1', DIE_EPOCH='0')
+    first = subprocess.run([sys.executable, '-c', RESUME_SCRIPT, '--config', str(tiny_config_file), '--output-dir',
+                            str(out), '--stage', '1', '--epochs', '3'], capture_output=True, text=True, env=env,
+                           cwd=ROOT, timeout=600)
+    assert first.returncode == 137, first.stderr[-2000:]
+    checkpoint = out / 'checkpoints' / 'stage1'
+    weights = (checkpoint / 'model.safetensors').read_bytes()
+    err = one_line_error(train('--config', tiny_config_file, '--output-dir', out, '--stage', '1', '--epochs', '3',
+                               '--resume', '--set', 'stage1.lr=1e30', check=False), 'loss is', 'epoch 1 step')
+    assert f'Last good checkpoint: {checkpoint} (after epoch 0)' in err
+    assert json.loads((checkpoint / 'progress.json').read_text())['epoch'] == 0
+    assert (checkpoint / 'model.safetensors').read_bytes() == weights
+    assert not (out / 'stage1').exists()
