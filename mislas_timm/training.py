@@ -130,8 +130,24 @@ def build_model(cfg: Dict[str, Any], num_classes: int, label_names: List[str]) -
         raise ConfigError(f'unknown model {m["arch"]!r}: not a timm model name (see timm.list_models())')
     model = timm.create_model(m['arch'], pretrained=bool(m.get('pretrained')), num_classes=num_classes,
                               **(m.get('kwargs') or {}))
+    if m.get('trunk_weights'):
+        _load_trunk(model, m['trunk_weights'])
     _apply_data_cfg(model, cfg, label_names)
     return model
+
+
+def _load_trunk(model: torch.nn.Module, source: str) -> None:
+    """Initialise the shared layers from another (pretrained) timm model, e.g. Places-LT's ResNet-152
+    trunk from ImageNet weights; the classifier and layers the source lacks keep their init."""
+    import timm
+
+    own = model.state_dict()
+    src = {k: v for k, v in timm.create_model(source, pretrained=True).state_dict().items()
+           if k in own and own[k].shape == v.shape and not k.startswith('fc.')}
+    if not src:
+        raise ConfigError(f'model.trunk_weights {source!r} shares no layer with {type(model).__name__}')
+    model.load_state_dict(src, strict=False)
+    logger.info('initialised %d tensors from %s', len(src), source)
 
 
 def _apply_data_cfg(model: torch.nn.Module, cfg: Dict[str, Any], label_names: List[str]) -> None:

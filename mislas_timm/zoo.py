@@ -61,3 +61,46 @@ def table() -> List[Dict]:
         rows.append({'name': entry.name, 'hub_id': entry.hub_id, 'folder': str(entry.folder),
                      'description': entry.description, 'top1': metrics.get('top1'), 'ece': metrics.get('ece')})
     return rows
+
+
+def markdown_table() -> str:
+    """The README table (numbers in percent, read from each folder's metrics.json)."""
+    lines = ['| model | Hub id | top-1 (%) | ECE (%) | what it is |', '|---|---|---|---|---|']
+    for row in table():
+        top1 = f'{100 * row["top1"]:.2f}' if row['top1'] is not None else 'n/a'
+        ece = f'{100 * row["ece"]:.2f}' if row['ece'] is not None else 'n/a'
+        lines.append(f'| `{row["name"]}` | `{row["hub_id"]}` | {top1} | {ece} | {row["description"]} |')
+    return '\n'.join(lines)
+
+
+def verify(dataset: str, tolerance: float = 1e-6) -> List[Dict]:
+    """Re-run the evaluator on every shipped model; compare its top-1 / ECE with metrics.json."""
+    from .evaluation import evaluate
+    from .hub import load_model
+
+    results = []
+    for entry in ZOO:
+        saved = entry.metrics()
+        if saved is None:
+            raise FileNotFoundError(f'{entry.folder} has no metrics.json')
+        report = evaluate(load_model(entry.name), dataset, split=saved.get('split', 'test'))
+        ok = all(abs(report[k] - saved[k]) <= tolerance for k in ('top1', 'ece'))
+        results.append({'name': entry.name, 'top1': report['top1'], 'ece': report['ece'],
+                        'card_top1': saved['top1'], 'card_ece': saved['ece'], 'ok': ok})
+    return results
+
+
+if __name__ == '__main__':
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog='python -m mislas_timm.zoo')
+    parser.add_argument('--verify', metavar='DATASET', help='re-evaluate every model on DATASET and compare')
+    args = parser.parse_args()
+    if args.verify:
+        rows = verify(args.verify)
+        for r in rows:
+            print(f'{r["name"]}: top-1 {100 * r["top1"]:.2f}% (card {100 * r["card_top1"]:.2f}%), '
+                  f'ECE {100 * r["ece"]:.2f}% (card {100 * r["card_ece"]:.2f}%): {"OK" if r["ok"] else "MISMATCH"}')
+        sys.exit(0 if all(r['ok'] for r in rows) else 1)
+    print(markdown_table())

@@ -38,7 +38,8 @@ def test_large_presets():
     inet, inat, places = load_preset('imagenet-lt-r50'), load_preset('inat2018-r50'), load_preset('places-lt-r152')
     assert (inet['stage1']['epochs'], inet['stage1']['weight_decay'], inet['stage1']['mixup_alpha']) == (180, 5e-4, 0.2)
     assert (inat['stage1']['epochs'], inat['stage1']['weight_decay']) == (200, 1e-4)
-    assert (places['stage1']['epochs'], places['model']['arch'], places['model']['pretrained']) == (90, 'resnet152', True)
+    assert (places['stage1']['epochs'], places['model']['arch']) == (90, 'resnet152_places')
+    assert places['model']['trunk_weights'] == 'resnet152.tv_in1k' and places['stage1']['trainable'] == ['extra_block.', 'fc.']
     assert (places['stage2']['smooth_head'], places['stage2']['smooth_tail']) == (0.4, 0.1)
     for cfg in (inet, inat, places):
         assert cfg['stage2']['lr_factor'] == 0.05 and cfg['stage2']['shift_bn'] is True

@@ -1,0 +1,106 @@
+"""Training throughput of train.py's loop against a bare loop of the same model and batch size.
+
+    python benchmarks/throughput.py --dataset ../shared/datasets/cifar10 [--steps 40]
+
+Stage 1: train.py's stage-1 loop (data loading + augmentation + mixup + SGD step) vs a bare
+forward+backward+step loop on a fixed random batch. Stage 2: the stage-2 loop (frozen backbone,
+MiSLAS head, LAS) vs a bare no-grad forward of the backbone + head step. Same process, same model,
+same batch size (128). Also reports the peak resident memory of the process.
+"""
+import argparse
+import resource
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+import mislas_timm
+from mislas_timm.config import load_preset
+from mislas_timm.data.hf import ImageClassificationView, build_train_transform
+from mislas_timm.data.sampler import ClassAwareSampler, InstanceSampler
+from mislas_timm.losses import LabelAwareSmoothing, mixup_batch, mixup_cross_entropy
+from mislas_timm.stage2 import head_parameter_groups
+from mislas_timm.training import build_model, load_data
+
+
+def timed(fn, steps, batch, warmup=5):
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument('--dataset', required=True)
+    p.add_argument('--steps', type=int, default=40)
+    args = p.parse_args()
+    cfg = load_preset('cifar10-lt-if100-cpu')
+    cfg['dataset']['source'] = args.dataset
+    data = load_data(cfg)
+    batch = cfg['stage1']['batch_size']
+    torch.manual_seed(0)
+    model = build_model(cfg, data.num_classes, data.label_names).train()
+    transform = build_train_transform('cifar', model.pretrained_cfg, padding=4)
+    view = ImageClassificationView(data.train, data.image_column, data.label_column, transform)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
+    rng = np.random.default_rng(0)
+
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+
+    def bare_step():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    loader = iter(DataLoader(view, batch_size=batch, sampler=InstanceSampler(len(view), seed=0), drop_last=True))
+
+    def loop_step():
+        images, targets = next(loader)
+        mixed, ya, yb, lam = mixup_batch(images, targets, 1.0, rng)
+        loss = mixup_cross_entropy(model(mixed), ya, yb, lam)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    bare1 = timed(bare_step, args.steps, batch)
+    loop1 = timed(loop_step, args.steps, batch)
+    print(f'stage 1: bare forward+backward {bare1:.1f} img/s, train loop {loop1:.1f} img/s '
+          f'({100 * loop1 / bare1:.0f}% of bare)')
+
+    stage2 = mislas_timm.to_stage2(model, head='mislas', shift_bn=False).train()
+    opt2 = torch.optim.SGD(head_parameter_groups(stage2, 0.1, 0.5), lr=0.1, momentum=0.9, weight_decay=2e-4)
+    las = LabelAwareSmoothing(data.class_counts, 0.3, 0.0)
+
+    def bare2():
+        with torch.no_grad():
+            feats = stage2.forward_head(stage2.forward_features(x), pre_logits=True)
+        loss = las(stage2.get_classifier()(feats), y)
+        opt2.zero_grad()
+        loss.backward()
+        opt2.step()
+
+    loader2 = iter(DataLoader(view, batch_size=batch, sampler=ClassAwareSampler(data.train_labels, seed=0)))
+
+    def loop2():
+        images, targets = next(loader2)
+        loss = las(stage2(images), targets)
+        opt2.zero_grad()
+        loss.backward()
+        opt2.step()
+
+    b2 = timed(bare2, args.steps, batch)
+    l2 = timed(loop2, args.steps, batch)
+    print(f'stage 2: bare no-grad forward + head step {b2:.1f} img/s, train loop {l2:.1f} img/s '
+          f'({100 * l2 / b2:.0f}% of bare)')
+    print(f'peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB')
+
+
+if __name__ == '__main__':
+    main()
