@@ -65,8 +65,10 @@ def evaluate(
     accepts (then ``split`` picks the split). ``class_counts`` / ``rank_split`` default to the ones
     recorded with the model (``model.mislas_config``, set by :func:`mislas_timm.load_model`).
     """
-    name = dataset_name or (dataset if isinstance(dataset, str) else getattr(dataset, 'info', None) and dataset.info.dataset_name) or 'dataset'
-    ds = load_split(dataset, split) if isinstance(dataset, str) else dataset
+    if isinstance(dataset, str):
+        name, ds = dataset_name or dataset, load_split(dataset, split)
+    else:
+        name, ds = dataset_name or getattr(dataset.info, 'dataset_name', None) or 'dataset', dataset
     image_column, label_column = resolve_columns(ds, image_column, label_column)
     if max_samples:
         ds = ds.select(range(min(max_samples, len(ds))))

@@ -1,0 +1,52 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+
+import mislas_timm  # noqa: F401
+from mislas_timm.config import ConfigError
+from mislas_timm.training import _freeze_except
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FLAGS = ['--preset', '--config', '--dataset', '--output-dir', '--stage', '--epochs', '--stage2-epochs', '--init',
+         '--resume', '--seed', '--data-seed', '--model', '--image-column', '--label-column', '--data-root',
+         '--train-list', '--test-list', '--max-train-samples', '--max-eval-samples', '--mixed-precision', '--set']
+
+
+def test_help_documents_every_flag():
+    out = subprocess.run([sys.executable, str(ROOT / 'train.py'), '--help'], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120).stdout
+    for flag in FLAGS:
+        assert flag in out, flag
+    assert 'cifar10-lt-if100-cpu' in out
+
+
+def test_build_config_flags_and_set():
+    sys.path.insert(0, str(ROOT))
+    import train
+    args = train.parse_args(['--preset', 'cifar10-lt-if100', '--output-dir', 'x', '--epochs', '3', '--data-seed', '7',
+                             '--model', 'resnet56_cifar', '--set', 'stage1.epochs=4'])
+    cfg = train.build_config(args)
+    assert cfg['stage1']['epochs'] == 4  # --set wins over --epochs
+    assert cfg['longtail']['data_seed'] == 7 and cfg['model']['arch'] == 'resnet56_cifar' and cfg['seed'] == 0
+    args = train.parse_args(['--preset', 'imagenet-lt-r50', '--output-dir', 'x', '--data-seed', '1'])
+    with pytest.raises(ConfigError, match='--data-seed'):
+        train.build_config(args)
+
+
+def test_partial_freeze_for_places_style_stage1():
+    model = timm.create_model('resnet20_cifar', num_classes=4)
+    _freeze_except(model, ['layer3.2.', 'fc.'])
+    trainable = {n.split('.')[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {'layer3', 'fc'}
+    assert not model.layer3[1].conv1.weight.requires_grad and model.layer3[2].conv1.weight.requires_grad
+    with pytest.raises(ConfigError, match='matches no parameter'):
+        _freeze_except(model, ['nothing.'])
+
+
+def test_places_architecture_is_registered():
+    model = timm.create_model('resnet152_places', num_classes=365, pretrained=False)
+    assert model.get_classifier().out_features == 365 and hasattr(model, 'extra_block')
