@@ -54,7 +54,23 @@ def class_aware_sequence(
     return out[:num_samples]
 
 
-class ClassAwareSampler(Sampler[int]):
+class _ShardedEpochSampler(Sampler[int]):
+    """Shared state of the samplers: this rank's place among ``num_replicas`` and a seeded epoch."""
+
+    def __init__(self, num_replicas: int, rank: int, seed: int):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f'rank must be in [0, num_replicas={num_replicas}), got {rank}')
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed the next pass with (seed, epoch), as ``DistributedSampler``."""
+        self.epoch = epoch
+
+
+class ClassAwareSampler(_ShardedEpochSampler):
     """Class-balanced sampler with the reference semantics, sharded across processes.
 
     The nominal length is n_max * K (n_max = size of the largest class), as the reference. With
@@ -80,22 +96,14 @@ class ClassAwareSampler(Sampler[int]):
             raise ValueError('labels must be a non-empty 1-D sequence of class indices')
         if samples_per_class < 1:
             raise ValueError(f'samples_per_class must be >= 1, got {samples_per_class}')
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f'rank must be in [0, num_replicas={num_replicas}), got {rank}')
+        super().__init__(num_replicas, rank, seed)
         self.labels = labels
         self.samples_per_class = samples_per_class
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.seed = seed
-        self.epoch = 0
         counts = np.bincount(labels)
         self.nominal_length = int(counts.max()) * int((counts > 0).sum()) if num_samples is None else int(num_samples)
         visits = math.ceil(self.nominal_length / samples_per_class)
         self.visits_per_rank = math.ceil(visits / num_replicas)
         self.total_size = self.visits_per_rank * num_replicas * samples_per_class
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def global_stream(self) -> List[int]:
         """The whole (all ranks) stream of this epoch, padded to whole visits for every rank."""
@@ -110,7 +118,7 @@ class ClassAwareSampler(Sampler[int]):
         return self.visits_per_rank * self.samples_per_class
 
 
-class InstanceSampler(Sampler[int]):
+class InstanceSampler(_ShardedEpochSampler):
     """Instance-balanced (plain shuffled) sampler for stage 1, sharded like ``DistributedSampler``.
 
     Each epoch is a permutation seeded with (seed, epoch), padded to a multiple of R; rank r takes
@@ -120,18 +128,10 @@ class InstanceSampler(Sampler[int]):
     def __init__(self, num_items: int, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True):
         if num_items < 1:
             raise ValueError('the training set is empty')
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f'rank must be in [0, num_replicas={num_replicas}), got {rank}')
+        super().__init__(num_replicas, rank, seed)
         self.num_items = num_items
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.seed = seed
         self.shuffle = shuffle
-        self.epoch = 0
         self.per_rank = math.ceil(num_items / num_replicas)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
         if self.shuffle:
