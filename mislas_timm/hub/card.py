@@ -28,6 +28,26 @@ def _fmt(value: Optional[float]) -> str:
     return 'n/a (no class in group)' if value is None else f'{pct(value):.2f}'
 
 
+def _default_summary(mislas: Dict[str, Any]) -> str:
+    """What the model is, from the recipe recorded in config.json."""
+    recipe = mislas.get('recipe') or {}
+    if mislas.get('stage') == 2:
+        head = {'mislas': 'the MiSLAS head z = diag(s)(W + dW)^T x', 'lws': 'a learnable weight scaling (LWS) head',
+                'crt': 'a re-initialised classifier (cRT)'}.get(recipe.get('head'), 'a retrained classifier')
+        loss = 'label-aware smoothing' if recipe.get('loss', 'las') == 'las' else 'cross-entropy'
+        shift = 'on' if recipe.get('shift_bn') else 'off'
+        return (f'A long-tailed image classifier after MiSLAS stage 2 (Zhong et al., CVPR 2021): backbone frozen, '
+                f'{head} retrained on class-balanced batches with {loss}, shift-BN {shift}. The head is folded '
+                'into one linear layer, so this is an ordinary timm model.')
+    if mislas.get('stage') == 1:
+        if recipe.get('mixup_alpha'):
+            return (f'A long-tailed image classifier after MiSLAS stage 1 (Zhong et al., CVPR 2021): instance-balanced '
+                    f'sampling, cross-entropy with mixup (alpha {recipe["mixup_alpha"]}); no stage 2.')
+        return ('A long-tailed image classifier trained with plain cross-entropy on instance-balanced batches '
+                '(no mixup, no stage 2): the over-confident baseline MiSLAS improves on.')
+    return 'A long-tailed image classifier (mislas-timm).'
+
+
 def render_card(config: Dict[str, Any], metrics: Dict[str, Any], context: Dict[str, Any]) -> str:
     """The README.md of a Hub folder.
 
@@ -64,8 +84,7 @@ def render_card(config: Dict[str, Any], metrics: Dict[str, Any], context: Dict[s
     lines = [
         '---', yaml.safe_dump(front, sort_keys=False).rstrip(), '---', '',
         f'# {title}', '',
-        context.get('summary') or 'A long-tailed image classifier trained with MiSLAS (Zhong et al., CVPR 2021): '
-        'mixup in stage 1, then a classifier retrained on class-balanced batches with label-aware smoothing.',
+        context.get('summary') or _default_summary(mislas),
         '',
         '## Results on the test split', '',
         f'Measured by `python -m mislas_timm.evaluate` on {metrics["num_samples"]} images of the '
