@@ -1,6 +1,7 @@
 """mislas-timm: MiSLAS (Zhong et al., CVPR 2021) for timm and the Hugging Face Hub.
 
-Importing this package registers the CIFAR ResNets (``resnet{20,32,44,56,110}_cifar``) with timm.
+Importing this package registers the CIFAR ResNets (``resnet{20,32,44,56,110}_cifar``) and
+``resnet152_places`` (ResNet-152 plus the Places-LT reference's extra block) with timm.
 """
 from . import models  # noqa: F401  (registers the model families with timm)
 from .data.longtail import longtail_counts, longtail_indices, split_sha256

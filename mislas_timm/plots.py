@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import textwrap
 from typing import Dict, Optional
 
 __all__ = ['reliability_diagram_png']
@@ -33,7 +34,7 @@ def reliability_diagram_png(bins: Dict, ece: float, top1: float, title: Optional
     ax.set_xlabel('Confidence')
     ax.set_ylabel('Accuracy')
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(textwrap.fill(title, 48), fontsize=8)
     ax.text(0.03, 0.92, f'ECE = {100 * ece:.2f}%\nTop-1 = {100 * top1:.1f}%', transform=ax.transAxes,
             fontsize=9, va='top', bbox=dict(boxstyle='round', facecolor='white', alpha=0.8))
     ax.legend(loc='lower right', fontsize=8)

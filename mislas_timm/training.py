@@ -402,8 +402,8 @@ def _finish_stage(accelerator, model: torch.nn.Module, cfg, data: TrainData, out
                       dataset_name=meta['dataset'])
     if accelerator.is_main_process:
         save_hub_folder(model, folder, label_names=data.label_names, mislas=meta, metrics=report,
-                        card_context={'title': f'{cfg["model"]["arch"]} on {meta["dataset"]}, stage {stage} '
-                                               f'({cfg.get("preset")})', 'limitations': cfg.get('limitations')})
+                        card_context={'title': f'{cfg["model"]["arch"]}, stage {stage} ({cfg.get("preset")})',
+                                      'limitations': cfg.get('limitations')})
     accelerator.wait_for_everyone()
     logger.info('stage %d: top-1 %.2f%%, ECE %.2f%%, NLL %.4f -> %s', stage, 100 * report['top1'],
                 100 * report['ece'], report['nll'], folder)

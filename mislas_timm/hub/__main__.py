@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..plots import reliability_diagram_png
 from . import CardError, HubError, check_card_matches_metrics, prepare_upload, push_to_hub, read_hub_config, render_card
 
 
@@ -22,7 +23,8 @@ def main(argv=None) -> int:
     push.add_argument('folder')
     push.add_argument('repo_id')
     push.add_argument('--private', action='store_true')
-    card = sub.add_parser('card', help='re-render README.md of a Hub folder from its config.json and metrics.json')
+    card = sub.add_parser('card', help='re-render README.md and reliability.png of a Hub folder from its config.json '
+                                           'and metrics.json')
     card.add_argument('folder')
     card.add_argument('--hub-id', required=True)
     card.add_argument('--title')
@@ -43,10 +45,13 @@ def main(argv=None) -> int:
                        'dataset_id': args.dataset_id, 'limitations': args.limitation}
             text = render_card(config, metrics, context)
             check_card_matches_metrics(text, metrics)
-            tmp = folder / '.README.md.tmp'
-            tmp.write_text(text)
-            tmp.replace(folder / 'README.md')
-            print(f'wrote {folder / "README.md"}')
+            png = reliability_diagram_png(metrics['reliability'], metrics['ece'], metrics['top1'],
+                                          title=args.title or args.hub_id)
+            for name, data in (('README.md', text.encode()), ('reliability.png', png)):
+                tmp = folder / f'.{name}.tmp'
+                tmp.write_bytes(data)
+                tmp.replace(folder / name)
+            print(f'wrote {folder / "README.md"} and {folder / "reliability.png"}')
         else:
             prepare_upload(args.folder)
             print(f'{args.folder}: complete Hub folder, card agrees with metrics.json')

@@ -123,7 +123,12 @@ def render_card(config: Dict[str, Any], metrics: Dict[str, Any], context: Dict[s
         '- command:', '', '```bash', recipe, '```', '',
         '## Limitations', '',
     ]
-    lines += [f'- {item}' for item in limitations] or ['- none recorded']
+    limitations = limitations or [
+        'One training run with one seed: no confidence intervals.',
+        'Reported at the last epoch; the test split was not used to select the model.',
+        'Calibration is measured on the test split of the training distribution\'s classes only.',
+    ]
+    lines += [f'- {item}' for item in limitations]
     lines += ['', '## Citation', '', '```bibtex', CITATION, '```', '',
               'Code and weights: Apache-2.0. Produced with [mislas-timm](https://github.com/mislas-timm/mislas-timm).', '']
     return '\n'.join(lines)
