@@ -57,7 +57,7 @@ def test_zoo_models_load_through_every_path(entry):
     import timm
     model = mislas_timm.load_model(entry.name)
     cfg = timm.data.resolve_data_config({}, model=model)
-    assert cfg['input_size'] == (3, 32, 32) and cfg['crop_pct'] == 1.0
+    assert tuple(cfg['input_size']) == (3, 32, 32) and cfg['crop_pct'] == 1.0
     transform = timm.data.create_transform(**cfg)
     x = torch.stack([transform(open_image(p)) for p in example_images()])
     plain = timm.create_model(f'local-dir:{entry.folder}', pretrained=True).eval()

@@ -65,6 +65,7 @@ def save_hub_folder(
         if mislas is not None:
             model_config['mislas'] = mislas
         save_for_hf(model, tmp, model_config=model_config, safe_serialization=True)
+        (tmp / 'model.safetensors').chmod(0o644)  # safetensors writes 0600; a published folder is readable
         if metrics is not None:
             write_json_atomic(tmp / 'metrics.json', metrics)
             title = (card_context or {}).get('title')

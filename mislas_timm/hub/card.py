@@ -80,15 +80,16 @@ def render_card(config: Dict[str, Any], metrics: Dict[str, Any], context: Dict[s
         }],
     }
     limitations = context.get('limitations') or []
-    recipe = context.get('command') or 'see the mislas-timm README'
+    recipe = context.get('command') or mislas.get('command') or 'see the mislas-timm README'
     lines = [
         '---', yaml.safe_dump(front, sort_keys=False).rstrip(), '---', '',
         f'# {title}', '',
         context.get('summary') or _default_summary(mislas),
         '',
         '## Results on the test split', '',
-        f'Measured by `python -m mislas_timm.evaluate` on {metrics["num_samples"]} images of the '
-        f'`{metrics.get("split", "test")}` split of `{dataset_name}` (numbers in %).', '',
+        f'Measured once, after the last epoch, on {metrics["num_samples"]} images of the '
+        f'`{metrics.get("split", "test")}` split of `{dataset_name}` (numbers in %); '
+        '`python -m mislas_timm.evaluate` reproduces them.', '',
         '| top-1 | top-5 | ECE | MCE | NLL | Brier |',
         '|---|---|---|---|---|---|',
         f'| {_fmt(metrics["top1"])} | {_fmt(metrics["top5"])} | {_fmt(metrics["ece"])} | {_fmt(metrics["mce"])} '
