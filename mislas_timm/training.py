@@ -188,11 +188,12 @@ class Checkpointer:
         self.stage = stage
         self.accelerator = accelerator
 
-    def _final(self) -> Path:
+    @property
+    def path(self) -> Path:
         return self.root / self.stage
 
     def latest_epoch(self) -> Optional[int]:
-        done = self._final() / 'progress.json'
+        done = self.path / 'progress.json'
         if not done.is_file():
             return None
         return int(json.loads(done.read_text())['epoch'])
@@ -210,9 +211,9 @@ class Checkpointer:
         if acc.is_main_process:
             write_json_atomic(tmp / 'progress.json', {'stage': self.stage, 'epoch': epoch})
             old = self.root / f'.{self.stage}.old'
-            if self._final().exists():
-                os.replace(self._final(), old)
-            os.replace(tmp, self._final())
+            if self.path.exists():
+                os.replace(self.path, old)
+            os.replace(tmp, self.path)
             if old.exists():
                 shutil.rmtree(old)
         acc.wait_for_everyone()
@@ -222,7 +223,7 @@ class Checkpointer:
         epoch = self.latest_epoch()
         if epoch is None:
             return 0
-        self.accelerator.load_state(str(self._final()))
+        self.accelerator.load_state(str(self.path))
         return epoch + 1
 
 
@@ -261,7 +262,7 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: Dict[str, A
     for group, lr in zip(optimizer.param_groups, configured_lrs):
         group['initial_lr'] = lr
     if start_epoch:
-        logger.info('%s: resumed after epoch %d from %s', spec.name, start_epoch, checkpointer._final())
+        logger.info('%s: resumed after epoch %d from %s', spec.name, start_epoch, checkpointer.path)
     transform = build_train_transform(cfg['data']['train_transform'], accelerator.unwrap_model(model).pretrained_cfg,
                                       **(cfg['data'].get('train_transform_kwargs') or {}))
     in_chans = int(accelerator.unwrap_model(model).pretrained_cfg['input_size'][0])
@@ -295,7 +296,7 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: Dict[str, A
                     loss = spec.loss_fn(model(images).float(), targets)
             if not bool(torch.isfinite(loss.detach())):
                 last = checkpointer.latest_epoch()
-                where = f'{checkpointer._final()} (after epoch {last})' if last is not None else 'none yet'
+                where = f'{checkpointer.path} (after epoch {last})' if last is not None else 'none yet'
                 raise TrainingError(f'{spec.name}: loss is {float(loss.detach())} at epoch {epoch} step {step}; stopped. '
                                     f'Last good checkpoint: {where}. Lower the lr (--set {spec.name}.lr=...) and '
                                     'rerun with --resume')
