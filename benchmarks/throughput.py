@@ -38,10 +38,13 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument('--dataset', required=True)
     p.add_argument('--steps', type=int, default=40)
+    p.add_argument('--num-workers', type=int, help="data loader workers (default: the preset's)")
     args = p.parse_args()
     cfg = load_preset('cifar10-lt-if100-cpu')
     cfg['dataset']['source'] = args.dataset
     data = load_data(cfg)
+    workers = cfg['data']['num_workers'] if args.num_workers is None else args.num_workers
+    print(f'data loader workers: {workers}, torch threads: {torch.get_num_threads()}')
     batch = cfg['stage1']['batch_size']
     torch.manual_seed(0)
     model = build_model(cfg, data.num_classes, data.label_names).train()
@@ -59,7 +62,8 @@ def main() -> None:
         loss.backward()
         opt.step()
 
-    loader = iter(DataLoader(view, batch_size=batch, sampler=InstanceSampler(len(view), seed=0), drop_last=True))
+    loader = iter(DataLoader(view, batch_size=batch, sampler=InstanceSampler(len(view), seed=0), drop_last=True,
+                             num_workers=workers))
 
     def loop_step():
         images, targets = next(loader)
@@ -86,7 +90,8 @@ def main() -> None:
         loss.backward()
         opt2.step()
 
-    loader2 = iter(DataLoader(view, batch_size=batch, sampler=ClassAwareSampler(data.train_labels, seed=0)))
+    loader2 = iter(DataLoader(view, batch_size=batch, sampler=ClassAwareSampler(data.train_labels, seed=0),
+                              num_workers=workers))
 
     def loop2():
         images, targets = next(loader2)
