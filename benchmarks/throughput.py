@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 import mislas_timm
 from mislas_timm.config import load_preset
+from mislas_timm.data.batch_augment import BatchCropFlip, DecodedImages
 from mislas_timm.data.hf import ImageClassificationView, build_train_transform
 from mislas_timm.data.sampler import ClassAwareSampler, InstanceSampler
 from mislas_timm.losses import LabelAwareSmoothing, mixup_batch, mixup_cross_entropy
@@ -39,17 +40,25 @@ def main() -> None:
     p.add_argument('--dataset', required=True)
     p.add_argument('--steps', type=int, default=40)
     p.add_argument('--num-workers', type=int, help="data loader workers (default: the preset's)")
+    p.add_argument('--decode-once', action='store_true', help='the data.decode_once path: decode once, '
+                                                               'augment whole batches in torch')
     args = p.parse_args()
     cfg = load_preset('cifar10-lt-if100-cpu')
     cfg['dataset']['source'] = args.dataset
     data = load_data(cfg)
     workers = cfg['data']['num_workers'] if args.num_workers is None else args.num_workers
-    print(f'data loader workers: {workers}, torch threads: {torch.get_num_threads()}')
+    print(f'data loader workers: {workers}, torch threads: {torch.get_num_threads()}, '
+          f'decode once: {args.decode_once}')
     batch = cfg['stage1']['batch_size']
     torch.manual_seed(0)
     model = build_model(cfg, data.num_classes, data.label_names).train()
-    transform = build_train_transform('cifar', model.pretrained_cfg, padding=4)
-    view = ImageClassificationView(data.train, data.image_column, data.label_column, transform)
+    if args.decode_once:
+        view = DecodedImages(data.train, data.image_column, data.label_column)
+        augment = BatchCropFlip(model.pretrained_cfg['mean'], model.pretrained_cfg['std'], padding=4)
+    else:
+        transform = build_train_transform('cifar', model.pretrained_cfg, padding=4)
+        view = ImageClassificationView(data.train, data.image_column, data.label_column, transform)
+        augment = None
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
     rng = np.random.default_rng(0)
 
@@ -67,6 +76,7 @@ def main() -> None:
 
     def loop_step():
         images, targets = next(loader)
+        images = augment(images) if augment else images
         mixed, ya, yb, lam = mixup_batch(images, targets, 1.0, rng)
         loss = mixup_cross_entropy(model(mixed), ya, yb, lam)
         opt.zero_grad()
@@ -95,6 +105,7 @@ def main() -> None:
 
     def loop2():
         images, targets = next(loader2)
+        images = augment(images) if augment else images
         loss = las(stage2(images), targets)
         opt2.zero_grad()
         loss.backward()

@@ -114,9 +114,7 @@ def open_image(path: Optional[str]) -> Image.Image:
                 if width * height > MAX_PIXELS:
                     raise DemoError(f'The image is {width}x{height} pixels; the demo accepts at most '
                                     f'{MAX_PIXELS // 1_000_000} megapixels. Downscale it and try again.')
-                image.load()
-                if getattr(image, 'is_animated', False):
-                    image.seek(0)
+                image.load()  # decode now: a truncated file fails here, not inside the model call
                 return to_model_mode(image.copy())
     except DemoError:
         raise

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .config import ConfigError
+from .data.batch_augment import BatchCropFlip, DecodedImages
 from .data.hf import (DataError, ImageClassificationView, build_train_transform, dataset_from_split_list,
                       label_names as dataset_label_names, labels_of, load_split, resolve_columns)
 from .data.longtail import class_counts as count_classes, longtail_counts, longtail_indices, split_sha256
@@ -263,10 +264,7 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: Dict[str, A
         group['initial_lr'] = lr
     if start_epoch:
         logger.info('%s: resumed after epoch %d from %s', spec.name, start_epoch, checkpointer.path)
-    transform = build_train_transform(cfg['data']['train_transform'], accelerator.unwrap_model(model).pretrained_cfg,
-                                      **(cfg['data'].get('train_transform_kwargs') or {}))
-    in_chans = int(accelerator.unwrap_model(model).pretrained_cfg['input_size'][0])
-    view = ImageClassificationView(data.train, data.image_column, data.label_column, transform, in_chans)
+    view, batch_transform = _training_view(cfg, data, accelerator.unwrap_model(model).pretrained_cfg)
     per_process_batch = _per_process_batch(sc['batch_size'], accelerator.num_processes)
     rank = accelerator.process_index
     for epoch in range(start_epoch, sc['epochs']):
@@ -288,6 +286,8 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: Dict[str, A
                 break
             images = images.to(accelerator.device, non_blocking=True)
             targets = targets.to(accelerator.device, non_blocking=True)
+            if batch_transform is not None:
+                images = batch_transform(images)
             with accelerator.autocast():
                 if spec.mixup_alpha > 0:
                     mixed, y_a, y_b, lam = mixup_batch(images, targets, spec.mixup_alpha, mix_rng)
@@ -319,6 +319,25 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: Dict[str, A
                          f'{spec.name}/images_per_s': seen * accelerator.num_processes / elapsed}, step=epoch)
         checkpointer.save(epoch)
     return accelerator.unwrap_model(model)
+
+
+def _training_view(cfg: Dict[str, Any], data: TrainData, pretrained_cfg: Dict[str, Any]):
+    """The training data set and, for ``data.decode_once``, the batch augmentation to run on the device."""
+    d = cfg['data']
+    kwargs = d.get('train_transform_kwargs') or {}
+    in_chans = int(pretrained_cfg['input_size'][0])
+    if not d.get('decode_once'):
+        transform = build_train_transform(d['train_transform'], pretrained_cfg, **kwargs)
+        return ImageClassificationView(data.train, data.image_column, data.label_column, transform, in_chans), None
+    if d['train_transform'] != 'cifar':
+        raise ConfigError(f'data.decode_once supports train_transform cifar only, not {d["train_transform"]!r}; '
+                          'set data.decode_once=false')
+    view = DecodedImages(data.train, data.image_column, data.label_column, in_chans)
+    size = tuple(view.pixels.shape[2:])
+    if size != tuple(pretrained_cfg['input_size'][1:]):
+        raise ConfigError(f'data.decode_once crops images to their own size {size}, but the model input is '
+                          f'{tuple(pretrained_cfg["input_size"][1:])}; set data.decode_once=false')
+    return view, BatchCropFlip(pretrained_cfg['mean'], pretrained_cfg['std'], padding=int(kwargs.get('padding', 4)))
 
 
 def _progress(accelerator, spec: StageSpec, epoch: int, total: int):

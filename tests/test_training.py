@@ -194,3 +194,15 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_config_file, tmp_path):
     assert json.loads((checkpoint / 'progress.json').read_text())['epoch'] == 0
     assert (checkpoint / 'model.safetensors').read_bytes() == weights
     assert not (out / 'stage1').exists()
+
+
+def test_decode_once_fast_path_trains_both_stages(tiny_config_file, tmp_path):
+    out = tmp_path / 'fast'
+    train('--config', tiny_config_file, '--output-dir', out, '--epochs', '1', '--stage2-epochs', '1',
+          '--set', 'data.decode_once=true')
+    for stage in ('stage1', 'stage2'):
+        assert json.loads((out / stage / 'metrics.json').read_text())['num_samples'] == 40
+    err = one_line_error(train('--config', tiny_config_file, '--output-dir', tmp_path / 'bad', '--stage', '1',
+                               '--set', 'data.decode_once=true', '--set', 'data.input_size=[3, 32, 32]', check=False),
+                         'decode_once')
+    assert 'model input' in err
