@@ -112,7 +112,7 @@ def test_closed_form_optimum(formulation):
         loss.backward()
         return loss
     opt.step(closure)
-    gap = float(logits[0, 0] - logits[0, 1:].mean())
+    gap = float((logits[0, 0] - logits[0, 1:].mean()).detach())
     if formulation == 'paper':
         expected = math.log((k - 1) * (1 - eps) / eps)  # q_y = 1 - eps, others eps / (K - 1)
     else:
