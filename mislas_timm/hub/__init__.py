@@ -223,13 +223,16 @@ def push_to_hub(
     reliability.png; card numbers equal metrics.json), so nothing incomplete is uploaded. The token
     comes from ``token`` or the usual huggingface_hub login; it is never printed or written.
     """
+    if isinstance(folder_or_model, torch.nn.Module):
+        with tempfile.TemporaryDirectory(prefix='mislas-push-') as staging:
+            folder = save_hub_folder(folder_or_model, Path(staging) / 'model', **save_kwargs)
+            return _upload(folder, repo_id, private, token, commit_message)
+    return _upload(Path(folder_or_model), repo_id, private, token, commit_message)
+
+
+def _upload(folder: Path, repo_id: str, private: bool, token: Optional[str], commit_message: str) -> str:
     from huggingface_hub import HfApi, get_token
 
-    if isinstance(folder_or_model, torch.nn.Module):
-        staging = Path(tempfile.mkdtemp(prefix='mislas-push-'))
-        folder = save_hub_folder(folder_or_model, staging / 'model', **save_kwargs)
-    else:
-        folder = Path(folder_or_model)
     prepare_upload(folder)
     token = token or get_token()
     if not token:
