@@ -59,3 +59,25 @@ def test_missing_columns(tiny_dataset_dir):
         resolve_columns(ds, label_column='fine_label')
     with pytest.raises(DataError, match='no image column'):
         resolve_columns(ds.remove_columns('img'))
+
+
+def test_split_list_of_paths_and_labels(tmp_path):
+    from mislas_timm.data.hf import dataset_from_split_list
+    root = tmp_path / 'ImageNet_LT'
+    lines = []
+    for i, (folder, label) in enumerate([('n01', 0), ('n01', 0), ('n02', 1), ('n03', 2)]):
+        (root / 'train' / folder).mkdir(parents=True, exist_ok=True)
+        Image.new('RGB', (12, 10), (i * 50, 0, 0)).save(root / 'train' / folder / f'{i}.JPEG')
+        lines.append(f'train/{folder}/{i}.JPEG {label}')
+    listing = tmp_path / 'ImageNet_LT_train.txt'
+    listing.write_text('\n'.join(lines) + '\n')
+    ds = dataset_from_split_list(str(root), str(listing))
+    assert ds['label'] == [0, 0, 1, 2] and ds.features['label'].num_classes == 3
+    assert ds[2]['image'].size == (12, 10)
+    with pytest.raises(DataError, match='--data-root'):
+        dataset_from_split_list(str(tmp_path / 'elsewhere'), str(listing))
+    listing.write_text('train/n01/0.JPEG zero\n')
+    with pytest.raises(DataError, match='expected "relative/path.jpg LABEL"'):
+        dataset_from_split_list(str(root), str(listing))
+    with pytest.raises(DataError, match='not found'):
+        dataset_from_split_list(str(root), str(tmp_path / 'missing.txt'))

@@ -206,3 +206,24 @@ def test_decode_once_fast_path_trains_both_stages(tiny_config_file, tmp_path):
                                '--set', 'data.decode_once=true', '--set', 'data.input_size=[3, 32, 32]', check=False),
                          'decode_once')
     assert 'model input' in err
+
+
+def test_split_lists_as_for_the_large_sets(tiny_config_file, tmp_path):
+    from PIL import Image
+    root = tmp_path / 'root'
+    for split, n in (('train', 6), ('test', 2)):
+        lines = []
+        for c in range(4):
+            for i in range(n if c < 2 else n // 2):
+                path = root / split / f'c{c}' / f'{i}.png'
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new('RGB', (16, 16), (60 * c, 255 - 60 * c, 30)).save(path)
+                lines.append(f'{split}/c{c}/{i}.png {c}')
+        (tmp_path / f'{split}.txt').write_text('\n'.join(lines))
+    out = tmp_path / 'lists'
+    train('--config', tiny_config_file, '--output-dir', out, '--data-root', root, '--train-list', tmp_path / 'train.txt',
+          '--test-list', tmp_path / 'test.txt', '--epochs', '1', '--stage2-epochs', '1', '--set', 'longtail=null',
+          '--set', 'dataset.image_column=image')
+    config = json.loads((out / 'stage2' / 'config.json').read_text())
+    assert config['mislas']['class_counts'] == [6, 6, 3, 3] and config['mislas']['imb_factor'] is None
+    assert json.loads((out / 'stage2' / 'metrics.json').read_text())['num_samples'] == 6
