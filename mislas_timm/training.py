@@ -401,20 +401,25 @@ def _stage2(accelerator, cfg, data: TrainData, stage1_model: torch.nn.Module, ou
     return _train_stage(accelerator, spec, data, cfg, out, resume)
 
 
-def _stage_meta(cfg: Dict[str, Any], data: TrainData, stage: int, command: str) -> Dict[str, Any]:
+def _stage_meta(cfg: Dict[str, Any], data: TrainData, stage: int, command: str,
+                stage1: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The config.json ``mislas`` block; a stage-2 model also records how its stage 1 was made."""
     sc = cfg[f'stage{stage}']
     recipe = {k: sc.get(k) for k in ('epochs', 'batch_size', 'lr', 'weight_decay', 'schedule', 'mixup_alpha',
                                       'head', 'shift_bn', 'lr_factor', 'loss', 'smooth_head', 'smooth_tail',
                                       'las_shape', 'las_formulation') if k in sc}
-    return {**data.meta, 'preset': cfg.get('preset'), 'stage': stage, 'seed': cfg.get('seed', 0),
+    meta = {**data.meta, 'preset': cfg.get('preset'), 'stage': stage, 'seed': cfg.get('seed', 0),
             'recipe': recipe, 'command': command}
+    if stage1 is not None:
+        meta['stage1'] = stage1
+    return meta
 
 
 def _finish_stage(accelerator, model: torch.nn.Module, cfg, data: TrainData, out: Path, stage: int,
-                  command: str) -> torch.nn.Module:
+                  command: str, stage1: Optional[Dict[str, Any]] = None) -> torch.nn.Module:
     """Evaluate on the test split (all processes, gathered) and write OUT/stage{N} (main process)."""
     folder = out / f'stage{stage}'
-    meta = _stage_meta(cfg, data, stage, command)
+    meta = _stage_meta(cfg, data, stage, command, stage1)
     model.mislas_config = meta
     report = evaluate(model, data.test, split=cfg['dataset']['test_split'], image_column=data.image_column,
                       label_column=data.label_column, batch_size=int(cfg['data'].get('eval_batch_size', 256)),
@@ -491,7 +496,9 @@ def run_training(cfg: Dict[str, Any], *, output_dir: str, stage: str = 'all', in
                                   f'the data has {data.num_classes}; pass a stage-1 model trained on this data set')
             _apply_data_cfg(stage1_model, cfg, data.label_names)
             stage2_model = _stage2(accelerator, cfg, data, stage1_model, out, resume)
-            _finish_stage(accelerator, fold_head(stage2_model), cfg, data, out, 2, command)
+            recorded = getattr(stage1_model, 'mislas_config', None) or {}
+            stage1_info = {'source': source, 'command': recorded.get('command'), 'recipe': recorded.get('recipe')}
+            _finish_stage(accelerator, fold_head(stage2_model), cfg, data, out, 2, command, stage1_info)
         written['stage2'] = out / 'stage2'
     if report_to:
         accelerator.end_training()

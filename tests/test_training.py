@@ -48,6 +48,11 @@ def test_run_folder_layout(full_run):
         assert metrics['class_counts'] == [60, 27, 12, 6]
     log = (full_run / 'train.log').read_text()
     assert 'stage1 epoch 2/2' in log and 'stage2 epoch 2/2' in log
+    stage2 = json.loads((full_run / 'stage2' / 'config.json').read_text())['mislas']
+    assert stage2['stage1']['source'] == str(full_run / 'stage1') and 'train.py' in stage2['stage1']['command']
+    assert stage2['recipe']['head'] == 'mislas' and stage2['stage1']['recipe']['mixup_alpha'] == 1.0
+    card = (full_run / 'stage2' / 'README.md').read_text()
+    assert '# stage 1\n' in card and '# stage 2\n' in card
 
 
 def test_stage2_is_a_plain_timm_model(full_run):

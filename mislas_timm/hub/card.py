@@ -28,6 +28,14 @@ def _fmt(value: Optional[float]) -> str:
     return 'n/a (no class in group)' if value is None else f'{pct(value):.2f}'
 
 
+def _stage1_command(mislas: Dict[str, Any]) -> list:
+    """For a stage-2 model, the command that made its stage 1 (first), as a comment plus command."""
+    stage1 = mislas.get('stage1') or {}
+    if not stage1.get('command'):
+        return []
+    return ['# stage 1', stage1['command'], '# stage 2']
+
+
 def _default_summary(mislas: Dict[str, Any]) -> str:
     """What the model is, from the recipe recorded in config.json."""
     recipe = mislas.get('recipe') or {}
@@ -121,7 +129,7 @@ def render_card(config: Dict[str, Any], metrics: Dict[str, Any], context: Dict[s
         f'- data: long-tail view with imbalance factor {mislas.get("imb_factor")}, data seed '
         f'{mislas.get("data_seed")}, kept-indices sha256 `{mislas.get("split_sha256")}`',
         f'- training images per class: {mislas.get("class_counts")}',
-        '- command:', '', '```bash', recipe, '```', '',
+        '- command:', '', '```bash', *_stage1_command(mislas), recipe, '```', '',
         '## Limitations', '',
     ]
     limitations = limitations or [
