@@ -21,5 +21,5 @@ build "$runs/c10lt-ce/stage1" resnet32_cifar.cifar10_lt_if100_ce \
   "ResNet-32, CIFAR-10-LT IF100, stage 1 with plain cross-entropy (the over-confident baseline)"
 build "$runs/c10lt-mixup/stage1" resnet32_cifar.cifar10_lt_if100_mixup \
   "ResNet-32, CIFAR-10-LT IF100, MiSLAS stage 1 (mixup)"
-build "$runs/c10lt-mixup/stage2" resnet32_cifar.cifar10_lt_if100_mislas \
+build "$runs/c10lt-mixup-rerun/stage2" resnet32_cifar.cifar10_lt_if100_mislas \
   "ResNet-32, CIFAR-10-LT IF100, MiSLAS (stage 2: label-aware smoothing + LWS head)"
