@@ -35,10 +35,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--data-root', help='large sets: folder the split lists\' image paths are relative to')
     p.add_argument('--train-list', help='large sets: training split list ("path label" per line)')
     p.add_argument('--test-list', help='large sets: test split list ("path label" per line)')
+    p.add_argument('--val-list', help='large sets: validation split list ("path label" per line)')
     p.add_argument('--max-train-samples', type=int, help='smoke runs: keep at most N training images')
     p.add_argument('--max-eval-samples', type=int, help='smoke runs: evaluate on at most N test images')
-    p.add_argument('--mixed-precision', choices=['no', 'fp16', 'bf16'],
-                   help='default: Accelerate\'s config (fp32 on CPU; bf16 on this CPU is ~10x slower)')
+    p.add_argument('--mixed-precision', choices=['auto', 'no', 'fp16', 'bf16'],
+                   help='default auto: bf16 on GPUs with bf16 and on CPUs with native bf16 units (AMX / AVX512-BF16) '
+                        'where a start-up measurement confirms it is faster, else fp32; this flag decides, also '
+                        'under accelerate launch')
+    p.add_argument('--channels-last', choices=['auto', 'true', 'false'],
+                   help='memory format (default auto: channels-last for convolutional models)')
+    p.add_argument('--compile', action='store_true', help='torch.compile the model (see BENCHMARKS.md)')
     p.add_argument('--cpu', action='store_true', help='force the CPU even when a GPU is present')
     p.add_argument('--report-to', choices=['tensorboard', 'wandb', 'all'], help='experiment tracker via Accelerate')
     p.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
@@ -56,6 +62,10 @@ def build_config(args: argparse.Namespace) -> dict:
         'seed': args.seed, 'model.arch': args.model, 'dataset.image_column': args.image_column,
         'dataset.label_column': args.label_column, 'dataset.data_root': args.data_root,
         'dataset.train_list': args.train_list, 'dataset.test_list': args.test_list,
+        'dataset.val_list': args.val_list, 'runtime.mixed_precision': args.mixed_precision,
+        'runtime.channels_last': None if args.channels_last is None else {'auto': 'auto', 'true': True,
+                                                                         'false': False}[args.channels_last],
+        'runtime.compile': True if args.compile else None,
     }
     if args.data_seed is not None:
         if not cfg.get('longtail'):
@@ -75,7 +85,7 @@ def main(argv=None) -> int:
     try:
         cfg = build_config(args)
         run_training(cfg, output_dir=args.output_dir, stage=args.stage, init=args.init, resume=args.resume,
-                     mixed_precision=args.mixed_precision, report_to=args.report_to, cpu=args.cpu,
+                     report_to=args.report_to, cpu=args.cpu,
                      max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples)
     except (ConfigError, DataError, TrainingError) as err:
         print(f'train.py: error: {err}', file=sys.stderr)

@@ -32,12 +32,11 @@ def predict(model: torch.nn.Module, loader, accelerator=None) -> Tuple[torch.Ten
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     for images, labels in loader:
         images, labels = images.to(device), labels.to(device)
+        # fp32 always (no autocast): reported metrics must not depend on the precision a run trained in,
+        # so `python -m mislas_timm.evaluate` and `zoo --verify` reproduce them on any machine.
+        logits = model(images)
         if accelerator is not None:
-            with accelerator.autocast():
-                logits = model(images)
             logits, labels = accelerator.gather_for_metrics((logits.float().contiguous(), labels))
-        else:
-            logits = model(images)
         all_logits.append(logits.float().cpu())
         all_labels.append(labels.cpu())
     return torch.cat(all_logits), torch.cat(all_labels)

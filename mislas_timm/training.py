@@ -30,14 +30,17 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .config import ConfigError
-from .data.batch_augment import BatchCropFlip, DecodedImages
+from .data.batch_augment import BatchCropFlip, DecodedImages, resolve_decode_once
 from .data.hf import (DataError, ImageClassificationView, build_train_transform, dataset_from_split_list,
                       label_names as dataset_label_names, labels_of, load_split, resolve_columns)
-from .data.longtail import class_counts as count_classes, longtail_counts, longtail_indices, split_sha256
+from .data.longtail import (class_counts as count_classes, longtail_counts, longtail_indices, split_sha256,
+                            validation_split)
 from .data.sampler import ClassAwareSampler, InstanceSampler, worker_generator
 from .evaluation import evaluate
 from .hub import HubError, load_model, save_hub_folder, write_json_atomic
 from .losses import LabelAwareSmoothing, mixup_batch, mixup_cross_entropy
+from .runtime import (RuntimeChoices, device_name, has_accelerator, load_pinned, resolve_channels_last,
+                      resolve_mixed_precision, save_pinned)
 from .stage2 import fold_head, head_parameter_groups, to_stage2
 
 __all__ = ['TrainingError', 'TrainData', 'load_data', 'build_model', 'lr_multiplier', 'run_training']
@@ -60,6 +63,7 @@ class TrainData:
     class_counts: List[int]
     train_labels: List[int]
     meta: Dict[str, Any] = field(default_factory=dict)
+    val: Any = None                     # the validation split (never the test split), or None
 
 
 def _load_raw_splits(cfg: Dict[str, Any]):
@@ -101,6 +105,27 @@ def load_data(cfg: Dict[str, Any], max_train_samples: Optional[int] = None,
         meta.update(imb_factor=lt['imb_factor'], data_seed=lt.get('data_seed', 0), profile=lt.get('profile', 'exp'))
     else:
         kept = np.arange(len(labels))
+    val = None
+    if lt and lt.get('val_per_class'):
+        # Drawn from the images the long-tail view leaves out (the head class: from its kept ones).
+        try:
+            kept, val_idx = validation_split(labels, kept, int(lt['val_per_class']), lt.get('data_seed', 0))
+        except ValueError as err:
+            raise DataError(f'longtail.val_per_class: {err}') from None
+        val = train.select(val_idx.tolist())
+        meta.update(val_per_class=int(lt['val_per_class']), val_sha256=split_sha256(val_idx),
+                    val_counts=count_classes([labels[i] for i in val_idx.tolist()], num_classes),
+                    val_source='held out of the training split')
+    elif d.get('val_list'):
+        if not d.get('data_root'):
+            raise DataError('--val-list needs --data-root (the folder its image paths are relative to)')
+        val = dataset_from_split_list(d['data_root'], d['val_list'])
+        meta.update(val_source=str(d['val_list']))
+    elif d.get('val_split'):
+        val = load_split(d['source'], d['val_split'])
+        meta.update(val_source=f'split {d["val_split"]}')
+    if val is not None:
+        meta['num_val'] = len(val)
     if max_train_samples and max_train_samples < len(kept):
         rng = np.random.RandomState(lt.get('data_seed', 0) if lt else 0)
         kept = np.sort(rng.permutation(kept)[:max_train_samples])
@@ -119,7 +144,7 @@ def load_data(cfg: Dict[str, Any], max_train_samples: Optional[int] = None,
         raise DataError(f'the test split has label {max(test_labels)} but the training split only {num_classes} classes')
     meta.update(class_counts=counts, rank_split=(cfg.get('groups') or {}).get('rank_split'),
                 dataset=str(d.get('source') or d.get('train_list')), num_train=len(train_labels))
-    return TrainData(train, test, image_column, label_column, num_classes, names, counts, train_labels, meta)
+    return TrainData(train, test, image_column, label_column, num_classes, names, counts, train_labels, meta, val)
 
 
 def build_model(cfg: Dict[str, Any], num_classes: int, label_names: List[str]) -> torch.nn.Module:
@@ -193,13 +218,20 @@ class Checkpointer:
     def path(self) -> Path:
         return self.root / self.stage
 
-    def latest_epoch(self) -> Optional[int]:
+    def _progress(self) -> Optional[Dict[str, Any]]:
         done = self.path / 'progress.json'
-        if not done.is_file():
-            return None
-        return int(json.loads(done.read_text())['epoch'])
+        return json.loads(done.read_text()) if done.is_file() else None
 
-    def save(self, epoch: int) -> None:
+    def latest_epoch(self) -> Optional[int]:
+        progress = self._progress()
+        return None if progress is None else int(progress['epoch'])
+
+    def train_time_s(self) -> float:
+        """Seconds spent training this stage up to its last checkpoint, summed over resumes."""
+        progress = self._progress()
+        return float((progress or {}).get('train_time_s', 0.0))
+
+    def save(self, epoch: int, train_time_s: float = 0.0) -> None:
         acc = self.accelerator
         tmp = self.root / f'.{self.stage}.tmp'
         if acc.is_main_process:
@@ -210,7 +242,8 @@ class Checkpointer:
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if acc.is_main_process:
-            write_json_atomic(tmp / 'progress.json', {'stage': self.stage, 'epoch': epoch})
+            write_json_atomic(tmp / 'progress.json', {'stage': self.stage, 'epoch': epoch,
+                                                      'train_time_s': train_time_s})
             old = self.root / f'.{self.stage}.old'
             if self.path.exists():
                 os.replace(self.path, old)
@@ -247,8 +280,10 @@ class StageSpec:
 
 
 def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: Dict[str, Any], out: Path,
-                 resume: bool) -> torch.nn.Module:
+                 resume: bool, choices: RuntimeChoices) -> torch.nn.Module:
     sc = spec.stage_cfg
+    memory_format = torch.channels_last if choices.channels_last else torch.contiguous_format
+    spec.model.to(memory_format=memory_format)
     seed = int(cfg.get('seed', 0))
     optimizer = torch.optim.SGD(spec.param_groups, lr=sc['lr'], momentum=sc['momentum'],
                                 weight_decay=sc['weight_decay'])
@@ -259,14 +294,19 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: Dict[str, A
     checkpointer = Checkpointer(out / 'checkpoints', spec.name, accelerator)
     configured_lrs = [group['initial_lr'] for group in spec.param_groups]
     start_epoch = checkpointer.restore() if resume else 0
+    train_time = checkpointer.train_time_s() if start_epoch else 0.0
     # The restored optimizer carries the old run's lrs; the config (e.g. a lowered --set lr) wins.
     for group, lr in zip(optimizer.param_groups, configured_lrs):
         group['initial_lr'] = lr
     if start_epoch:
         logger.info('%s: resumed after epoch %d from %s', spec.name, start_epoch, checkpointer.path)
-    view, batch_transform = _training_view(cfg, data, accelerator.unwrap_model(model).pretrained_cfg)
+    view, batch_transform = _training_view(cfg, data, accelerator.unwrap_model(model).pretrained_cfg,
+                                           choices.decode_once)
     per_process_batch = _per_process_batch(sc['batch_size'], accelerator.num_processes)
     rank = accelerator.process_index
+    steps_per_epoch = min(math.ceil(len(spec.sampler) / per_process_batch), spec.steps_per_epoch)
+    progress = StageProgress(spec.name, sc['epochs'], steps_per_epoch, start_epoch,
+                             accelerator.is_local_main_process, accelerator.num_processes)
     for epoch in range(start_epoch, sc['epochs']):
         multiplier = lr_multiplier(epoch, sc)
         for group in optimizer.param_groups:
@@ -280,7 +320,7 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: Dict[str, A
                             persistent_workers=False, pin_memory=torch.cuda.is_available())
         model.train()
         seen, loss_sum, start = 0, 0.0, time.perf_counter()
-        progress = _progress(accelerator, spec, epoch, min(len(loader), spec.steps_per_epoch))
+        progress.start_epoch(epoch)
         for step, (images, targets) in enumerate(loader):
             if step >= spec.steps_per_epoch:
                 break
@@ -288,6 +328,7 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: Dict[str, A
             targets = targets.to(accelerator.device, non_blocking=True)
             if batch_transform is not None:
                 images = batch_transform(images)
+            images = images.contiguous(memory_format=memory_format)
             with accelerator.autocast():
                 if spec.mixup_alpha > 0:
                     mixed, y_a, y_b, lam = mixup_batch(images, targets, spec.mixup_alpha, mix_rng)
@@ -305,46 +346,97 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: Dict[str, A
             optimizer.step()
             seen += images.shape[0]
             loss_sum += float(loss.detach()) * images.shape[0]
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f'{loss_sum / seen:.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.4g}',
-                                     img_s=f'{seen * accelerator.num_processes / (time.perf_counter() - start):.0f}')
-        if progress is not None:
-            progress.close()
+            progress.step(step + 1, loss_sum / seen, optimizer.param_groups[0]['lr'], images.shape[0])
+        progress.end_epoch()
         elapsed = time.perf_counter() - start
+        train_time += elapsed
         logger.info('%s epoch %d/%d: loss %.4f, lr %.5f, %.1f images/s (%d images, %.1f s)', spec.name, epoch + 1,
                     sc['epochs'], loss_sum / max(seen, 1), optimizer.param_groups[0]['lr'],
                     seen * accelerator.num_processes / elapsed, seen * accelerator.num_processes, elapsed)
         accelerator.log({f'{spec.name}/loss': loss_sum / max(seen, 1), f'{spec.name}/lr': optimizer.param_groups[0]['lr'],
                          f'{spec.name}/images_per_s': seen * accelerator.num_processes / elapsed}, step=epoch)
-        checkpointer.save(epoch)
-    return accelerator.unwrap_model(model)
+        checkpointer.save(epoch, train_time)
+    trained = accelerator.unwrap_model(model)
+    trained.to(memory_format=torch.contiguous_format)  # saved weights must be plain contiguous tensors
+    trained.mislas_train_time_s = train_time
+    return trained
 
 
-def _training_view(cfg: Dict[str, Any], data: TrainData, pretrained_cfg: Dict[str, Any]):
-    """The training data set and, for ``data.decode_once``, the batch augmentation to run on the device."""
+def _training_view(cfg: Dict[str, Any], data: TrainData, pretrained_cfg: Dict[str, Any], decode_once: bool):
+    """The training data set and, with decode-once, the batch augmentation to run on the device."""
     d = cfg['data']
     kwargs = d.get('train_transform_kwargs') or {}
     in_chans = int(pretrained_cfg['input_size'][0])
-    if not d.get('decode_once'):
+    if not decode_once:
         transform = build_train_transform(d['train_transform'], pretrained_cfg, **kwargs)
         return ImageClassificationView(data.train, data.image_column, data.label_column, transform, in_chans), None
-    if d['train_transform'] != 'cifar':
-        raise ConfigError(f'data.decode_once supports train_transform cifar only, not {d["train_transform"]!r}; '
-                          'set data.decode_once=false')
-    view = DecodedImages(data.train, data.image_column, data.label_column, in_chans)
-    size = tuple(view.pixels.shape[2:])
-    if size != tuple(pretrained_cfg['input_size'][1:]):
-        raise ConfigError(f'data.decode_once crops images to their own size {size}, but the model input is '
-                          f'{tuple(pretrained_cfg["input_size"][1:])}; set data.decode_once=false')
+    size = tuple(int(v) for v in pretrained_cfg['input_size'][1:])
+    view = DecodedImages(data.train, data.image_column, data.label_column, in_chans, size=size)
+    if view.resized:
+        logger.info('decode-once: resized %d of %d training images to the model input %dx%d', view.resized,
+                    len(view), size[1], size[0])
     return view, BatchCropFlip(pretrained_cfg['mean'], pretrained_cfg['std'], padding=int(kwargs.get('padding', 4)))
 
 
-def _progress(accelerator, spec: StageSpec, epoch: int, total: int):
-    if not accelerator.is_local_main_process or not sys.stderr.isatty():
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=f'{spec.name} {epoch + 1}/{spec.stage_cfg["epochs"]}', leave=False)
+class StageProgress:
+    """Progress of a stage: a tqdm bar on a terminal; without one (nohup, CI, a scheduler) a log line
+    at most every ``every_s`` seconds with epoch, step, loss, lr, images/s and the stage's ETA."""
+
+    def __init__(self, stage: str, epochs: int, steps_per_epoch: int, start_epoch: int, is_main: bool,
+                 num_processes: int = 1, every_s: float = 30.0, tty: Optional[bool] = None):
+        self.stage, self.epochs, self.steps_per_epoch = stage, epochs, steps_per_epoch
+        self.is_main, self.num_processes, self.every_s = is_main, num_processes, every_s
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.steps_left_at_start = (epochs - start_epoch) * steps_per_epoch
+        self.steps_done = 0
+        self.images = 0
+        self.started = time.perf_counter()
+        self.last_line = self.started
+        self.bar = None
+        self.epoch = start_epoch
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.is_main and self.tty:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=self.steps_per_epoch, desc=f'{self.stage} {epoch + 1}/{self.epochs}', leave=False)
+
+    def eta_s(self) -> float:
+        elapsed = time.perf_counter() - self.started
+        left = self.steps_left_at_start - self.steps_done
+        return elapsed / max(self.steps_done, 1) * max(left, 0)
+
+    def line(self, step: int, loss: float, lr: float) -> str:
+        rate = self.images * self.num_processes / max(time.perf_counter() - self.started, 1e-9)
+        eta = self.eta_s()
+        return (f'{self.stage} epoch {self.epoch + 1}/{self.epochs} step {step}/{self.steps_per_epoch}: '
+                f'loss {loss:.4f}, lr {lr:.5g}, {rate:.0f} images/s, stage ETA {_duration(eta)} '
+                f'(ends ~{time.strftime("%Y-%m-%d %H:%M", time.localtime(time.time() + eta))})')
+
+    def step(self, step: int, loss: float, lr: float, batch: int) -> None:
+        self.steps_done += 1
+        self.images += batch
+        if not self.is_main:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f'{loss:.4f}', lr=f'{lr:.4g}', eta=_duration(self.eta_s()))
+            return
+        now = time.perf_counter()
+        if now - self.last_line >= self.every_s:
+            self.last_line = now
+            logger.info(self.line(step, loss, lr))
+
+    def end_epoch(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f'{h}h{rest // 60:02d}m' if h else f'{rest // 60}m{rest % 60:02d}s'
 
 
 def _per_process_batch(batch_size: int, num_processes: int) -> int:
@@ -365,7 +457,7 @@ def _freeze_except(model: torch.nn.Module, prefixes: Optional[List[str]]) -> Non
         raise ConfigError(f'stage1.trainable {prefixes} matches no parameter of the model')
 
 
-def _stage1(accelerator, cfg, data: TrainData, out: Path, resume: bool) -> torch.nn.Module:
+def _stage1(accelerator, cfg, data: TrainData, out: Path, resume: bool, choices: RuntimeChoices) -> torch.nn.Module:
     sc = cfg['stage1']
     torch.manual_seed(int(cfg.get('seed', 0)))
     model = build_model(cfg, data.num_classes, data.label_names)
@@ -376,10 +468,11 @@ def _stage1(accelerator, cfg, data: TrainData, out: Path, resume: bool) -> torch
     steps = math.ceil(len(sampler) / _per_process_batch(sc['batch_size'], accelerator.num_processes))
     spec = StageSpec('stage1', 1, model, [{'params': params, 'initial_lr': sc['lr']}], sc, sampler, steps,
                      F.cross_entropy, mixup_alpha=float(sc.get('mixup_alpha') or 0.0))
-    return _train_stage(accelerator, spec, data, cfg, out, resume)
+    return _train_stage(accelerator, spec, data, cfg, out, resume, choices)
 
 
-def _stage2(accelerator, cfg, data: TrainData, stage1_model: torch.nn.Module, out: Path, resume: bool) -> torch.nn.Module:
+def _stage2(accelerator, cfg, data: TrainData, stage1_model: torch.nn.Module, out: Path, resume: bool,
+            choices: RuntimeChoices) -> torch.nn.Module:
     sc = cfg['stage2']
     torch.manual_seed(_seed_for(int(cfg.get('seed', 0)), 2))
     model = to_stage2(stage1_model, head=sc['head'], shift_bn=bool(sc['shift_bn']))
@@ -398,33 +491,38 @@ def _stage2(accelerator, cfg, data: TrainData, stage1_model: torch.nn.Module, ou
     # The reference loop ends a stage-2 epoch after ceil(N / batch) + 1 batches, not n_max * K samples.
     steps = math.ceil(len(data.train_labels) / sc['batch_size']) + 1
     spec = StageSpec('stage2', 2, model, groups, sc, sampler, steps, loss_fn)
-    return _train_stage(accelerator, spec, data, cfg, out, resume)
+    return _train_stage(accelerator, spec, data, cfg, out, resume, choices)
 
 
 def _stage_meta(cfg: Dict[str, Any], data: TrainData, stage: int, command: str,
-                stage1: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                stage1: Optional[Dict[str, Any]] = None, run: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The config.json ``mislas`` block; a stage-2 model also records how its stage 1 was made."""
     sc = cfg[f'stage{stage}']
     recipe = {k: sc.get(k) for k in ('epochs', 'batch_size', 'lr', 'weight_decay', 'schedule', 'mixup_alpha',
                                       'head', 'shift_bn', 'lr_factor', 'loss', 'smooth_head', 'smooth_tail',
                                       'las_shape', 'las_formulation') if k in sc}
     meta = {**data.meta, 'preset': cfg.get('preset'), 'stage': stage, 'seed': cfg.get('seed', 0),
-            'recipe': recipe, 'command': command}
+            'recipe': recipe, 'command': command, **(run or {})}
     if stage1 is not None:
         meta['stage1'] = stage1
     return meta
 
 
 def _finish_stage(accelerator, model: torch.nn.Module, cfg, data: TrainData, out: Path, stage: int,
-                  command: str, stage1: Optional[Dict[str, Any]] = None) -> torch.nn.Module:
+                  command: str, choices: RuntimeChoices, train_time_s: float,
+                  stage1: Optional[Dict[str, Any]] = None) -> torch.nn.Module:
     """Evaluate on the test split (all processes, gathered) and write OUT/stage{N} (main process)."""
     folder = out / f'stage{stage}'
-    meta = _stage_meta(cfg, data, stage, command, stage1)
+    run = {'runtime': choices.to_dict(), 'device': choices.device, 'train_time_s': round(train_time_s, 1),
+           'num_processes': accelerator.num_processes, 'torch_version': torch.__version__}
+    meta = _stage_meta(cfg, data, stage, command, stage1, run)
     model.mislas_config = meta
     report = evaluate(model, data.test, split=cfg['dataset']['test_split'], image_column=data.image_column,
                       label_column=data.label_column, batch_size=int(cfg['data'].get('eval_batch_size', 256)),
                       num_workers=int(cfg['data'].get('num_workers') or 0), accelerator=accelerator,
                       dataset_name=meta['dataset'])
+    report['runtime'] = choices.to_dict()
+    report['train_time_s'] = round(train_time_s, 1)
     if accelerator.is_main_process:
         save_hub_folder(model, folder, label_names=data.label_names, mislas=meta, metrics=report,
                         card_context={'title': f'{cfg["model"]["arch"]}, stage {stage} ({cfg.get("preset")})',
@@ -443,7 +541,12 @@ def run_training(cfg: Dict[str, Any], *, output_dir: str, stage: str = 'all', in
                  resume: bool = False, mixed_precision: Optional[str] = None, report_to: Optional[str] = None,
                  max_train_samples: Optional[int] = None, max_eval_samples: Optional[int] = None,
                  command: Optional[str] = None, cpu: bool = False) -> Dict[str, Path]:
-    """Run the configured stages; return the written Hub folders."""
+    """Run the configured stages; return the written Hub folders.
+
+    ``mixed_precision`` (None: the config's ``runtime.mixed_precision``, ``auto`` by default) and the
+    other ``runtime`` choices are resolved once (see :mod:`mislas_timm.runtime`) and pinned in
+    ``OUT/checkpoints/runtime.json``; a resumed run reuses the pinned ones.
+    """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
@@ -455,7 +558,16 @@ def run_training(cfg: Dict[str, Any], *, output_dir: str, stage: str = 'all', in
     if not resume and taken:
         raise ConfigError(f'{out} already holds stage {taken[0]} of a run; pass --resume to continue it or choose '
                           'another --output-dir')
-    accelerator = Accelerator(mixed_precision=mixed_precision, log_with=report_to, cpu=cpu or not _has_accelerator(),
+    fresh_resume = resume and not taken
+    use_cpu = cpu or not has_accelerator()
+    pinned_path = out / 'checkpoints' / 'runtime.json'
+    pinned = load_pinned(pinned_path) if resume else None
+    requested = dict(cfg.get('runtime') or {})
+    if mixed_precision is not None:
+        requested['mixed_precision'] = mixed_precision
+    choices, notes = _resolve_runtime(cfg, requested, pinned, use_cpu)
+    accelerator = Accelerator(mixed_precision=choices.mixed_precision, log_with=report_to, cpu=use_cpu,
+                              dynamo_backend='inductor' if choices.compile else 'no',
                               project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / 'logs')))
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -463,21 +575,37 @@ def run_training(cfg: Dict[str, Any], *, output_dir: str, stage: str = 'all', in
     _setup_logging(out / 'train.log', accelerator.is_main_process)
     command = command or ' '.join(shlex.quote(a) for a in sys.argv)
     logger.info('command: %s', command)
-    logger.info('%d process(es), device %s, mixed precision %s', accelerator.num_processes, accelerator.device,
-                accelerator.mixed_precision)
+    if fresh_resume:
+        logger.info('no run in %s to resume: starting a new one', out)
+    logger.info('%d process(es), device %s (%s)', accelerator.num_processes, accelerator.device, choices.device)
+    for note in notes:
+        logger.info(note)
     if report_to:
         accelerator.init_trackers('mislas', config={'preset': cfg.get('preset')})
     data = load_data(cfg, max_train_samples, max_eval_samples)
-    logger.info('data: %d training images in %d classes (counts %s), %d test images', len(data.train_labels),
-                data.num_classes, data.class_counts, len(data.test))
+    logger.info('data: %d training images in %d classes (counts %s), %d validation images, %d test images',
+                len(data.train_labels), data.num_classes, data.class_counts, len(data.val) if data.val is not None else 0,
+                len(data.test))
+    wanted_decode = cfg['data'].get('decode_once', 'auto')
+    if pinned and 'decode_once' in pinned and wanted_decode == 'auto':
+        decode_once = bool(pinned['decode_once'])  # the resumed run keeps its input path (and random stream)
+    else:
+        decode_once = resolve_decode_once(wanted_decode, cfg['data']['train_transform'], len(data.train_labels),
+                                          cfg['data']['input_size'])
+    choices = RuntimeChoices(**{**choices.to_dict(), 'decode_once': bool(decode_once)})
+    logger.info('runtime: mixed precision %s (%s), channels-last %s, torch.compile %s, decode-once %s',
+                choices.mixed_precision, choices.reason, choices.channels_last, choices.compile, choices.decode_once)
+    if accelerator.is_main_process:
+        save_pinned(pinned_path, choices)
     written: Dict[str, Path] = {}
     stage1_model = None
     if stage in ('1', 'all'):
         if resume and _stage_done(out / 'stage1'):
             logger.info('stage 1 already complete in %s', out / 'stage1')
         else:
-            stage1_model = _stage1(accelerator, cfg, data, out, resume)
-            _finish_stage(accelerator, stage1_model, cfg, data, out, 1, command)
+            stage1_model = _stage1(accelerator, cfg, data, out, resume, choices)
+            _finish_stage(accelerator, stage1_model, cfg, data, out, 1, command, choices,
+                          stage1_model.mislas_train_time_s)
         written['stage1'] = out / 'stage1'
     if stage in ('2', 'all'):
         source = init or str(out / 'stage1')
@@ -495,22 +623,52 @@ def run_training(cfg: Dict[str, Any], *, output_dir: str, stage: str = 'all', in
                 raise ConfigError(f'--init model {source} has {getattr(stage1_model, "num_classes", "?")} classes but '
                                   f'the data has {data.num_classes}; pass a stage-1 model trained on this data set')
             _apply_data_cfg(stage1_model, cfg, data.label_names)
-            stage2_model = _stage2(accelerator, cfg, data, stage1_model, out, resume)
+            stage2_model = _stage2(accelerator, cfg, data, stage1_model, out, resume, choices)
             recorded = getattr(stage1_model, 'mislas_config', None) or {}
-            stage1_info = {'source': source, 'command': recorded.get('command'), 'recipe': recorded.get('recipe')}
-            _finish_stage(accelerator, fold_head(stage2_model), cfg, data, out, 2, command, stage1_info)
+            stage1_info = {'source': source, **{k: recorded.get(k) for k in (
+                'command', 'recipe', 'train_time_s', 'device', 'runtime')}}
+            _finish_stage(accelerator, fold_head(stage2_model), cfg, data, out, 2, command, choices,
+                          stage2_model.mislas_train_time_s, stage1_info)
         written['stage2'] = out / 'stage2'
     if report_to:
         accelerator.end_training()
     return written
 
 
-def _has_accelerator() -> bool:
-    """A GPU-like device for Accelerate. Without one, Accelerate must be told cpu=True, or a
-    ``--multi_gpu`` launch on a CPU-only machine starts independent single processes."""
-    mps = getattr(torch.backends, 'mps', None)
-    xpu = getattr(torch, 'xpu', None)
-    return torch.cuda.is_available() or bool(mps and mps.is_available()) or bool(xpu and xpu.is_available())
+def _resolve_runtime(cfg: Dict[str, Any], requested: Dict[str, Any], pinned: Optional[Dict[str, Any]],
+                     use_cpu: bool):
+    """The run's RuntimeChoices (decode_once is settled after the data loads) and log notes.
+
+    ``auto`` takes the pinned value of a resumed run; an explicit value wins over it."""
+    import timm
+
+    notes: List[str] = []
+    wanted = {key: requested.get(key, 'auto') for key in ('mixed_precision', 'channels_last', 'compile')}
+    if pinned:
+        for key, value in wanted.items():
+            if value == 'auto' and key in pinned:
+                wanted[key] = pinned[key]
+            elif value != 'auto' and key in pinned and value != pinned[key]:
+                notes.append(f'runtime.{key}: {value} given explicitly; the run started with {pinned[key]}')
+    m = cfg['model']
+    probe = None
+    if 'auto' in (wanted['mixed_precision'], wanted['channels_last']):
+        if not timm.is_model(m['arch']):
+            raise ConfigError(f'unknown model {m["arch"]!r}: not a timm model name (see timm.list_models())')
+        probe = timm.create_model(m['arch'], num_classes=int(cfg['dataset'].get('num_classes') or 10),
+                                  **(m.get('kwargs') or {}))
+    channels_last = resolve_channels_last(wanted['channels_last'], probe)
+    if wanted['mixed_precision'] == 'auto':
+        # Several CPU processes could measure differently; they use the static rule instead.
+        measure = int(os.environ.get('WORLD_SIZE', '1')) == 1
+        precision, reason = resolve_mixed_precision('auto', probe, cfg['data']['input_size'], use_cpu=use_cpu,
+                                                    channels_last=channels_last, measure=measure)
+    else:
+        precision = str(wanted['mixed_precision'])
+        reason = 'pinned when the run started' if pinned and precision == pinned.get('mixed_precision') \
+            and requested.get('mixed_precision', 'auto') == 'auto' else 'given explicitly'
+    compile_model = wanted['compile'] is True
+    return RuntimeChoices(precision, channels_last, compile_model, False, device_name(use_cpu), reason), notes
 
 
 def _setup_logging(path: Path, is_main: bool) -> None:

@@ -1,6 +1,6 @@
 """Long-tail views, samplers and Hugging Face data set adapters."""
-from .longtail import class_counts, longtail_counts, longtail_indices, split_sha256
+from .longtail import class_counts, longtail_counts, longtail_indices, split_sha256, validation_split
 from .sampler import ClassAwareSampler, InstanceSampler, class_aware_sequence
 
 __all__ = ['ClassAwareSampler', 'InstanceSampler', 'class_aware_sequence', 'class_counts',
-           'longtail_counts', 'longtail_indices', 'split_sha256']
+           'longtail_counts', 'longtail_indices', 'split_sha256', 'validation_split']

@@ -5,10 +5,15 @@ project's CPU, a large share of a ResNet-32 step on 2 cores. With ``data.decode_
 training view decodes every image once into a uint8 tensor and the reference CIFAR augmentation
 (4-pixel zero-padded random crop + horizontal flip, then normalisation) runs on whole batches in
 torch, on the training device. Same distribution as the per-image path, different random stream.
+
+Images whose size differs from the model input (Fashion-MNIST is 28x28, the CIFAR presets want
+32x32) are resized once, at decode time, with the bilinear filter timm's eval transform uses.
+``data.decode_once: auto`` (the default) takes this path whenever the training augmentation has a
+batch version (``cifar``) and the decoded pixels fit in ``MAX_DECODED_BYTES``.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -16,27 +21,55 @@ from torch.utils.data import Dataset as TorchDataset
 
 from .hf import DataError, to_model_mode
 
-__all__ = ['DecodedImages', 'crop_flip_normalize', 'BatchCropFlip']
+__all__ = ['DecodedImages', 'crop_flip_normalize', 'BatchCropFlip', 'BATCH_TRANSFORMS', 'resolve_decode_once']
 
 MAX_DECODED_BYTES = 4 * 1024 ** 3
 
 
-class DecodedImages(TorchDataset):
-    """All images of a HF data set decoded once: items are (uint8 tensor C x H x W, label)."""
+# Training augmentations that have a whole-batch version (train_transform name -> builder).
+BATCH_TRANSFORMS = ('cifar',)
 
-    def __init__(self, ds, image_column: str, label_column: str, in_chans: int = 3):
+
+def resolve_decode_once(requested: Any, train_transform: str, num_images: int, input_size: Sequence[int]) -> bool:
+    """What ``data.decode_once`` (``auto`` / true / false) means for this data and model input."""
+    if requested is False:
+        return False
+    supported = train_transform in BATCH_TRANSFORMS
+    if requested is True:
+        if not supported:
+            raise DataError(f'data.decode_once supports train_transform {" / ".join(BATCH_TRANSFORMS)} only, not '
+                            f'{train_transform!r}; set data.decode_once=auto or false')
+        return True
+    c, h, w = (int(v) for v in input_size)
+    return supported and num_images * c * h * w <= MAX_DECODED_BYTES
+
+
+class DecodedImages(TorchDataset):
+    """All images of a HF data set decoded once: items are (uint8 tensor C x H x W, label).
+
+    ``size`` (height, width): resize every image to it once (bilinear); None keeps the first
+    image's size and requires all images to share it."""
+
+    def __init__(self, ds, image_column: str, label_column: str, in_chans: int = 3,
+                 size: Optional[Tuple[int, int]] = None):
+        from PIL import Image
+
         first = to_model_mode(ds[0][image_column], in_chans)
-        h, w = first.size[1], first.size[0]
+        h, w = size if size is not None else (first.size[1], first.size[0])
         need = len(ds) * in_chans * h * w
         if need > MAX_DECODED_BYTES:
             raise DataError(f'decode_once would hold {need / 1024 ** 3:.1f} GiB of pixels; '
                             'set data.decode_once=false for this data set')
         pixels = np.empty((len(ds), h, w, in_chans), dtype=np.uint8)
+        self.resized = 0
         for i, image in enumerate(ds[image_column]):
             image = to_model_mode(image, in_chans)
             if image.size != (w, h):
-                raise DataError(f'decode_once needs images of one size: image {i} is {image.size[0]}x{image.size[1]}, '
-                                f'the first {w}x{h}; set data.decode_once=false')
+                if size is None:
+                    raise DataError(f'decode_once needs images of one size: image {i} is {image.size[0]}x{image.size[1]}, '
+                                    f'the first {w}x{h}; set data.decode_once=false')
+                image = image.resize((w, h), Image.BILINEAR)
+                self.resized += 1
             pixels[i] = np.asarray(image).reshape(h, w, in_chans)
         self.pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2)
         self.labels = torch.as_tensor([int(v) for v in ds[label_column]])

@@ -8,11 +8,12 @@ choice per class (the reference's ``np.random.seed(0)`` + per-class shuffle, rep
 from __future__ import annotations
 
 import hashlib
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ['LONGTAIL_PROFILES', 'longtail_counts', 'longtail_indices', 'split_sha256', 'class_counts']
+__all__ = ['LONGTAIL_PROFILES', 'longtail_counts', 'longtail_indices', 'validation_split', 'split_sha256',
+           'class_counts']
 
 LONGTAIL_PROFILES = ('exp', 'step')
 
@@ -73,6 +74,48 @@ def longtail_indices(labels: Sequence[int], counts: Sequence[int], data_seed: in
         rng.shuffle(idx)
         kept.append(idx[:need])
     return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+
+
+def validation_split(labels: Sequence[int], kept: Sequence[int], val_per_class: int,
+                     data_seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """Split a long-tail view into (training indices, validation indices), never touching the test split.
+
+    Class c's ``val_per_class`` validation images are drawn (seeded by ``data_seed``) from the
+    images of class c that the long-tail view does NOT keep. A class short of such spare images
+    (the head class always is: it keeps all n_max of its images) takes the shortfall from its kept
+    images, which then leave the training set: on CIFAR-10-LT IF100 with 20 per class, class 0
+    trains on 4,980 images and the other classes on the paper's counts.
+
+    ``kept`` keeps its order (minus the images moved to validation); the validation indices are
+    sorted. The draw uses its own random stream, so the kept view itself stays the reference's.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    kept = np.asarray(kept, dtype=np.int64)
+    if int(val_per_class) != val_per_class or val_per_class < 0:
+        raise ValueError(f'val_per_class must be a whole number >= 0, got {val_per_class!r}')
+    if val_per_class == 0:
+        return kept, np.zeros(0, dtype=np.int64)
+    num_classes = int(labels.max()) + 1 if labels.size else 0
+    in_view = np.zeros(len(labels), dtype=bool)
+    in_view[kept] = True
+    rng = np.random.RandomState([int(data_seed), 1])  # a stream apart from longtail_indices' seed
+    val: List[np.ndarray] = []
+    moved: List[np.ndarray] = []
+    for c in range(num_classes):
+        spare = np.where((labels == c) & ~in_view)[0]
+        take = min(int(val_per_class), len(spare))
+        val.append(rng.choice(spare, take, replace=False) if take else spare[:0])
+        short = int(val_per_class) - take
+        if short:
+            own = kept[labels[kept] == c]
+            if short >= len(own):
+                raise ValueError(f'class {c} has {len(own) + take} images for training and validation together; '
+                                 f'{val_per_class} for validation would leave none to train on: lower val_per_class')
+            moved.append(rng.choice(own, short, replace=False))
+            val.append(moved[-1])
+    out = np.concatenate(moved) if moved else np.zeros(0, dtype=np.int64)
+    train = kept[~np.isin(kept, out)]
+    return train, np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
 
 
 def split_sha256(indices: Sequence[int]) -> str:
