@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     p.add_argument('--share', action='store_true', help='also open a public gradio.live link (needs internet)')
     args = p.parse_args(argv)
 
-    from mislas_timm.demo import HubError, build_app, load_models
+    from mislas_timm.demo import HubError, build_app, configure_logging, launch_app, load_models
 
     baselines = [('baseline: ' + args.baseline, args.baseline)] if args.baseline else []
     baselines += [(label, name) for label, name in ZOO_BASELINES if zoo.get(name).folder.is_dir()]
@@ -54,8 +54,8 @@ def main(argv=None) -> int:
         print('app.py: --share needs internet access to Gradio\'s share servers, which cannot be reached; '
               f'serving locally only at http://{args.host}:{args.port}', file=sys.stderr)
         share = False
-    app = build_app(mislas, loaded)
-    app.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, share=share)
+    configure_logging()
+    launch_app(build_app(mislas, loaded), server_name=args.host, server_port=args.port, share=share)
     return 0
 
 

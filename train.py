@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mislas_timm.config import ConfigError, apply_overrides, list_presets, load_config_file, load_preset, set_value
+from mislas_timm.config import (ConfigError, TrainConfig, apply_overrides, list_presets, load_config_file, load_preset,
+                                parse_config, set_value)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,7 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def build_config(args: argparse.Namespace) -> dict:
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    """Preset or --config file, then the flags, then --set; validated once (exit 2 on any problem)."""
     cfg = load_preset(args.preset) if args.preset else load_config_file(args.config)
     flags = {
         'dataset.source': args.dataset, 'stage1.epochs': args.epochs, 'stage2.epochs': args.stage2_epochs,
@@ -75,7 +77,7 @@ def build_config(args: argparse.Namespace) -> dict:
         if value is not None:
             set_value(cfg, key, value)
     # --set last: an explicit --set wins over the flags.
-    return apply_overrides(cfg, args.overrides)
+    return parse_config(apply_overrides(cfg, args.overrides))
 
 
 def main(argv=None) -> int:

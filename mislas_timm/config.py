@@ -1,17 +1,26 @@
-"""Training configurations: YAML presets shipped in ``mislas_timm/presets``, overrides, validation.
+"""Training configurations: YAML presets shipped in ``mislas_timm/presets``, overrides, and the one
+schema (:class:`TrainConfig`) they are all parsed into and validated against before anything runs.
 
-A preset may name a ``base`` preset whose keys it overrides (deep merge). ``--set a.b=value``
-overrides one key; the value is parsed as YAML (``0.1``, ``true``, ``[3, 7]``, ``null``).
+A preset may name a ``base`` preset whose keys it overrides (deep merge). ``--config FILE.yaml``
+reads a user file (it may name a shipped preset as ``base``). ``--set a.b=value`` overrides one
+key; the value is parsed as YAML (``0.1``, ``true``, ``[3, 7]``, ``null``). The merged mapping is
+then parsed by :func:`parse_config`: unknown keys, wrong types, values outside their allowed set or
+range each stop the run with one line naming the key, the value and what is allowed. The training
+code reads the typed fields; defaults live in the dataclasses below and nowhere else.
 """
 from __future__ import annotations
 
 import copy
+import difflib
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Literal, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-__all__ = ['ConfigError', 'PRESET_DIR', 'list_presets', 'load_preset', 'load_config_file', 'apply_overrides', 'set_value']
+__all__ = ['ConfigError', 'PRESET_DIR', 'list_presets', 'load_preset', 'load_config_file', 'apply_overrides', 'set_value',
+           'parse_config', 'TrainConfig', 'DatasetConfig', 'LongtailConfig', 'RuntimeConfig', 'ModelConfig',
+           'DataConfig', 'GroupsConfig', 'Stage1Config', 'Stage2Config']
 
 PRESET_DIR = Path(__file__).parent / 'presets'
 
@@ -78,18 +87,46 @@ def load_config_file(path: str) -> Dict[str, Any]:
     return cfg
 
 
+def _schema_section(parts: List[str]) -> Any:
+    """The schema dataclass that holds key ``parts[-1]`` of the section path ``parts[:-1]``, or None."""
+    cls: Any = TrainConfig
+    for part in parts[:-1]:
+        known = {f.name: f for f in fields(cls)} if is_dataclass(cls) else {}
+        if part not in known:
+            return None
+        tp = get_type_hints(cls)[part]
+        cls = next((a for a in get_args(tp) if is_dataclass(a)), tp)
+    return cls if is_dataclass(cls) else None
+
+
 def set_value(cfg: Dict[str, Any], key: str, value: Any) -> None:
-    """Set the existing key ``a.b.c`` of ``cfg`` in place; unknown keys raise ``ConfigError``."""
+    """Set key ``a.b.c`` of ``cfg`` in place. The key must exist in ``cfg`` or in the schema
+    (:class:`TrainConfig`); free-form mappings (``model.kwargs``) take any key. Else ``ConfigError``."""
     parts = key.strip().split('.')
     node = cfg
     for depth, part in enumerate(parts):
-        if not isinstance(node, dict) or part not in node:
-            where = '.'.join(parts[:depth]) or 'the top level'
-            options = sorted(node) if isinstance(node, dict) else []
-            raise ConfigError(f'no key {part!r} in {where} of the config (keys: {options}); check the spelling')
-        if depth < len(parts) - 1:
+        last = depth == len(parts) - 1
+        if isinstance(node, dict) and part not in node:
+            section = _schema_section(parts[:depth + 1])
+            free_form = depth > 0 and _schema_section(parts[:depth]) is not None and \
+                get_origin(get_type_hints(_schema_section(parts[:depth]))[parts[depth - 1]]) in (dict, Dict)
+            if section is not None and part in {f.name for f in fields(section)}:
+                node[part] = value if last else {}
+            elif free_form:
+                node[part] = value if last else {}
+            else:
+                where = '.'.join(parts[:depth]) or 'the top level'
+                options = sorted(f.name for f in fields(section)) if section is not None else sorted(node)
+                close = difflib.get_close_matches(part, options, n=1)
+                hint = f'did you mean {close[0]!r}? ' if close else ''
+                raise ConfigError(f'no key {part!r} in {where} of the config: {hint}keys: {", ".join(options)}')
+        elif not isinstance(node, dict):
+            where = '.'.join(parts[:depth])
+            raise ConfigError(f'{where} is {node!r}, not a section: set {where} first (e.g. --set {where}={{...}})')
+        if last:
+            node[part] = value
+        else:
             node = node[part]
-    node[parts[-1]] = value
 
 
 def apply_overrides(cfg: Dict[str, Any], overrides: Iterable[str]) -> Dict[str, Any]:
@@ -103,14 +140,289 @@ def apply_overrides(cfg: Dict[str, Any], overrides: Iterable[str]) -> Dict[str, 
             value = yaml.safe_load(raw)
         except yaml.YAMLError as err:
             raise ConfigError(f'--set {key}: cannot parse value {raw!r}: {err}') from None
-        if isinstance(value, str):
-            # YAML 1.1 reads "1e-3" as a string; a number is what a user means.
-            try:
-                value = float(value)
-            except ValueError:
-                pass
+        # YAML 1.1 reads "1e-3" as a string; the schema turns it into a number where one is expected.
         try:
             set_value(cfg, key, value)
         except ConfigError as err:
             raise ConfigError(f'--set {key}: {err}') from None
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# The schema. Allowed values are Literal types; ranges are field metadata; defaults live here only.
+
+def _range(lo: Optional[float] = None, hi: Optional[float] = None, *, lo_open: bool = False,
+           hi_open: bool = False) -> Dict[str, Any]:
+    return {'range': (lo, hi, lo_open, hi_open)}
+
+
+def _opt(default: Any = None, **meta: Any) -> Any:
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DatasetConfig:
+    source: Optional[str] = None        # Hub id, local parquet folder, save_to_disk folder or image folder
+    train_split: str = 'train'
+    test_split: str = 'test'
+    num_classes: Optional[int] = _opt(None, **_range(2))   # the data must have this many classes (None: any)
+    image_column: Optional[str] = None
+    label_column: Optional[str] = None
+    data_root: Optional[str] = None     # split lists: the folder their image paths are relative to
+    train_list: Optional[str] = None
+    test_list: Optional[str] = None
+    val_list: Optional[str] = None
+    val_split: Optional[str] = None     # a validation split of the data set itself
+
+
+@dataclass
+class LongtailConfig:
+    imb_factor: float = _opt(100.0, **_range(1))          # N_1 / N_K (100, not the reference code's 0.01)
+    profile: Literal['exp', 'step'] = 'exp'
+    n_max: Optional[int] = _opt(None, **_range(1))        # None: the largest class of the training split
+    data_seed: int = _opt(0, **_range(0))
+    val_per_class: int = _opt(20, **_range(0))            # validation images per class, held out of training
+
+
+@dataclass
+class RuntimeConfig:
+    mixed_precision: Literal['auto', 'no', 'fp16', 'bf16'] = 'auto'
+    channels_last: Union[bool, Literal['auto']] = 'auto'
+    compile: bool = False
+
+
+@dataclass
+class ModelConfig:
+    arch: str = 'resnet32_cifar'
+    pretrained: bool = False
+    kwargs: Dict[str, Any] = field(default_factory=dict)   # free-form: passed to timm.create_model
+    trunk_weights: Optional[str] = None                    # e.g. Places-LT: a timm model to initialise from
+
+
+@dataclass
+class DataConfig:
+    train_transform: Literal['cifar', 'imagenet'] = 'cifar'
+    train_transform_kwargs: Dict[str, Any] = field(default_factory=dict)  # free-form
+    input_size: List[int] = _opt(None, length=3, **_range(1))
+    mean: List[float] = _opt(None, length=3)
+    std: List[float] = _opt(None, length=3, **_range(0, lo_open=True))
+    crop_pct: float = _opt(1.0, **_range(0, 1, lo_open=True))
+    decode_once: Union[bool, Literal['auto']] = 'auto'
+    num_workers: int = _opt(0, **_range(0))
+    eval_batch_size: int = _opt(500, **_range(1))
+
+
+@dataclass
+class GroupsConfig:
+    rank_split: Optional[List[int]] = _opt(None, length=2, **_range(0))  # head / med / tail rank boundaries
+
+
+@dataclass
+class StageConfig:
+    """Settings both stages share."""
+    epochs: int = _opt(10, **_range(1))
+    batch_size: int = _opt(128, **_range(1))               # global: split over the processes
+    lr: float = _opt(0.1, **_range(0, lo_open=True))
+    momentum: float = _opt(0.9, **_range(0, 1, hi_open=True))
+    weight_decay: float = _opt(2e-4, **_range(0))
+    schedule: Literal['step', 'cosine'] = 'cosine'
+    warmup_epochs: int = _opt(0, **_range(0))
+    milestones: List[int] = _opt(None, **_range(1))
+    gamma: float = _opt(0.1, **_range(0, 1, lo_open=True))
+
+
+@dataclass
+class Stage1Config(StageConfig):
+    mixup_alpha: float = _opt(1.0, **_range(0))            # 0 turns mixup off
+    loss: Literal['ce', 'balanced_softmax'] = 'ce'
+    trainable: Optional[List[str]] = None                  # None: everything trains; else parameter-name prefixes
+
+
+@dataclass
+class Stage2Config(StageConfig):
+    head: Literal['mislas', 'lws', 'crt'] = 'mislas'
+    shift_bn: bool = False
+    lr_factor: float = _opt(1.0, **_range(0, lo_open=True))
+    loss: Literal['las', 'ce'] = 'las'
+    smooth_head: float = _opt(0.0, **_range(0, 1))         # eps_1
+    smooth_tail: float = _opt(0.0, **_range(0, 1))         # eps_K
+    las_shape: Literal['concave', 'linear', 'convex', 'exp'] = 'concave'
+    las_power: Optional[float] = _opt(None, **_range(0, lo_open=True))
+    las_formulation: Literal['official', 'paper'] = 'official'
+    samples_per_class: int = _opt(4, **_range(1))
+
+
+@dataclass
+class TrainConfig:
+    """A complete, validated training configuration (what a preset, --config and --set become)."""
+    dataset: DatasetConfig
+    model: ModelConfig
+    data: DataConfig
+    stage1: Stage1Config
+    stage2: Stage2Config
+    longtail: Optional[LongtailConfig] = None              # None: the data is long-tailed already
+    groups: GroupsConfig = field(default_factory=GroupsConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    seed: int = _opt(0, **_range(0))
+    description: str = ''
+    preset: Optional[str] = None
+    limitations: Optional[List[str]] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _describe(tp: Any) -> str:
+    """What a type allows, in words for the one-line error."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Literal:
+        return 'one of ' + ', '.join(str(a) for a in args)
+    if origin is Union:
+        parts = [_describe(a) for a in args if a is not type(None)]
+        return ' or '.join(parts) + (' or null' if type(None) in args else '')
+    if origin in (list, List):
+        return f'a list of {_describe(args[0])}s' if args else 'a list'
+    if origin in (dict, Dict):
+        return 'a mapping'
+    if is_dataclass(tp):
+        return f'a mapping with keys {", ".join(f.name for f in fields(tp))}'
+    return {bool: 'true or false', int: 'a whole number', float: 'a number', str: 'a string'}.get(tp, str(tp))
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as type ``tp`` or _Invalid (the caller names key, value and what is allowed)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Union:
+        if value is None:
+            if type(None) in args:
+                return None
+            raise _Invalid
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, key)
+            except _Invalid:
+                continue
+        raise _Invalid
+    if origin is Literal:
+        if value is False and 'no' in args:  # YAML 1.1 reads a bare `no` as false
+            return 'no'
+        if isinstance(value, str) and value in args:
+            return value
+        raise _Invalid
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise _Invalid
+        return [_coerce(v, args[0], key) for v in value] if args else list(value)
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise _Invalid
+        return dict(value)
+    if is_dataclass(tp):
+        return _parse_section(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Invalid
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise _Invalid
+        return int(value)
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)  # YAML 1.1 reads "1e-3" as a string
+            except ValueError:
+                raise _Invalid from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise _Invalid
+        return float(value)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Invalid
+    return value
+
+
+def _check_range(value: Any, meta: Dict[str, Any], key: str) -> None:
+    items = value if isinstance(value, list) else [value]
+    if 'length' in meta and isinstance(value, list) and len(value) != meta['length']:
+        raise ConfigError(f'config key {key}: {value!r} must have {meta["length"]} entries')
+    if 'range' not in meta:
+        return
+    lo, hi, lo_open, hi_open = meta['range']
+    for item in items:
+        if item is None or isinstance(item, str):
+            continue
+        bad = (lo is not None and (item <= lo if lo_open else item < lo)) or \
+              (hi is not None and (item >= hi if hi_open else item > hi))
+        if bad:
+            low = '' if lo is None else f'{">" if lo_open else ">="} {lo:g}'
+            high = '' if hi is None else f'{"<" if hi_open else "<="} {hi:g}'
+            allowed = ' and '.join(x for x in (low, high) if x)
+            raise ConfigError(f'config key {key}: {value!r} is out of range; it must be {allowed}')
+
+
+def _parse_section(cls: Any, raw: Any, prefix: str) -> Any:
+    where = prefix or 'the top level'
+    if not isinstance(raw, dict):
+        raise ConfigError(f'config key {where}: expected {_describe(cls)}, got {raw!r}')
+    known = {f.name: f for f in fields(cls)}
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f'did you mean {close[0]!r}? ' if close else ''
+            name = f'{prefix}.{key}' if prefix else key
+            raise ConfigError(f'unknown config key {name}: {hint}allowed keys in {where}: {", ".join(known)}')
+    hints = get_type_hints(cls)
+    values: Dict[str, Any] = {}
+    for name, f in known.items():
+        key = f'{prefix}.{name}' if prefix else name
+        if name not in raw:
+            if f.default is MISSING and f.default_factory is MISSING:  # type: ignore[misc]
+                raise ConfigError(f'config key {key} is missing ({_describe(hints[name])})')
+            continue
+        try:
+            value = _coerce(raw[name], hints[name], key)
+        except _Invalid:
+            raise ConfigError(f'config key {key}: {raw[name]!r} is not allowed; expected {_describe(hints[name])}') from None
+        _check_range(value, dict(f.metadata), key)
+        values[name] = value
+    return cls(**values)
+
+
+def _check_consistency(cfg: TrainConfig) -> None:
+    """Rules that span keys."""
+    for stage in ('stage1', 'stage2'):
+        sc = getattr(cfg, stage)
+        if sc.milestones and sorted(sc.milestones) != list(sc.milestones):
+            raise ConfigError(f'config key {stage}.milestones: {sc.milestones} must be increasing')
+    s2 = cfg.stage2
+    if s2.loss == 'las' and s2.las_shape == 'exp' and s2.las_power is None:
+        raise ConfigError('config key stage2.las_power: null, but las_shape exp needs a power > 0; '
+                          'set stage2.las_power=...')
+    if cfg.data.input_size is None or cfg.data.mean is None or cfg.data.std is None:
+        raise ConfigError('config keys data.input_size, data.mean and data.std must be set (e.g. [3, 32, 32])')
+    if cfg.data.input_size[0] != len(cfg.data.mean) or len(cfg.data.mean) != len(cfg.data.std):
+        raise ConfigError(f'config keys data.mean / data.std need one value per input channel '
+                          f'({cfg.data.input_size[0]})')
+    split = cfg.groups.rank_split
+    if split is not None and split[0] > split[1]:
+        raise ConfigError(f'config key groups.rank_split: {split} must be increasing')
+    n = cfg.dataset.num_classes
+    if split is not None and n is not None and split[1] > n:
+        raise ConfigError(f'config key groups.rank_split: {split} goes past dataset.num_classes ({n})')
+
+
+def parse_config(raw: Dict[str, Any]) -> TrainConfig:
+    """Validate the merged settings against the schema; the one place a configuration is checked."""
+    if isinstance(raw, TrainConfig):
+        return raw
+    raw = dict(raw)
+    raw.pop('base', None)
+    cfg = _parse_section(TrainConfig, raw, '')
+    _check_consistency(cfg)
     return cfg

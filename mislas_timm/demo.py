@@ -13,11 +13,18 @@ written outside Gradio's own upload cache.
 API: ``predict`` (``api_name="predict"``) takes the image and returns, in this order: the MiSLAS
 top-5 ``gr.Label``, the baseline top-5 ``gr.Label``, a JSON object ``{"mislas": {class: p, ...},
 "baseline": {class: p, ...}}`` with both full probability vectors, the plain-words comparison
-(Markdown) and the top-5 table (Markdown).
+(Markdown) and the top-5 table (Markdown). The page also says how the upload was resized for the
+models (``input_note``); that note is a separate page event, not part of the API's output.
+
+Clicking an example runs the prediction at once. A refused upload shows its message on the page
+and writes one line to the ``mislas_timm.demo`` logger (no traceback); the server keeps serving.
+The page's CSS (``CSS``) goes to ``launch``, as Gradio 6 wants: use ``launch_app`` or pass
+``css=CSS`` yourself.
 """
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +37,41 @@ from .data.hf import to_model_mode
 from .hub import HubError, load_model, resolve_source
 from .metrics import class_groups
 
-__all__ = ['MAX_PIXELS', 'DemoError', 'DemoModel', 'HubError', 'load_demo_model', 'load_models', 'open_image',
-           'predict_pair', 'build_app', 'EXAMPLES_DIR', 'example_images']
+__all__ = ['MAX_PIXELS', 'CSS', 'DemoError', 'DemoModel', 'HubError', 'load_demo_model', 'load_models', 'open_image',
+           'predict_pair', 'input_note', 'classes_note', 'build_app', 'launch_app', 'configure_logging',
+           'EXAMPLES_DIR', 'example_images']
 
 MAX_PIXELS = 40_000_000
 EXAMPLES_DIR = Path(__file__).parent / 'assets' / 'examples'
+CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
+log = logging.getLogger(__name__)
+
+# Gradio's Markdown tables break words anywhere (word-break: break-word), which split headers such as
+# "MiSLAS" or cells such as "automobile" mid-word in a narrow window. Here words stay whole: lines break
+# at spaces only, headers stay on one line where there is room, a narrow window gets a smaller font, and
+# the table scrolls sideways rather than breaking a word if it still does not fit.
+CSS = """
+#top5-table { overflow-x: auto; }
+#top5-table th, #top5-table td { word-break: normal !important; overflow-wrap: normal !important;
+                                 hyphens: none !important; }
+#top5-table th { white-space: nowrap; }
+#input-note, #classes-note { font-size: 0.9em; }
+#examples img { image-rendering: pixelated; }
+@media (max-width: 640px) {
+  #top5-table table { font-size: 12px; }
+  #top5-table th, #top5-table td { padding: 4px 6px !important; }
+  #top5-table th { white-space: normal; }
+}
+"""
+
+# After a prediction, bring the result into view if it is not (in a narrow window it sits below the
+# examples and the Predict button); a result already on screen is left where it is.
+SCROLL_TO_RESULT_JS = """() => {
+  const el = document.querySelector('#sentence');
+  if (!el) return;
+  const box = el.getBoundingClientRect();
+  if (box.top < 0 || box.top > 0.5 * window.innerHeight) el.scrollIntoView({behavior: 'smooth', block: 'start'});
+}"""
 
 
 class DemoError(ValueError):
@@ -159,12 +196,103 @@ def predict_pair(mislas: DemoModel, baseline: DemoModel, image: Image.Image) -> 
     return top_m, top_b, full, sentence, '\n'.join(rows)
 
 
+def _model_input_size(dm: DemoModel) -> Tuple[int, int]:
+    """(width, height) of the model's input, from its pretrained config."""
+    size = dm.model.pretrained_cfg.get('input_size') or (3, 0, 0)
+    return int(size[-1]), int(size[-2])
+
+
+def _input_geometry(dm: DemoModel, size: Tuple[int, int]) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """What the model's eval transform does to an image of ``size`` (width, height): the size after
+    its resize step and the final size after its crop step (arithmetic only, nothing is decoded)."""
+    from torchvision import transforms as T
+
+    w, h = size
+    resized = final = (w, h)
+    for t in getattr(dm.transform, 'transforms', []):
+        if isinstance(t, T.Resize):
+            target = t.size
+            if isinstance(target, int) or len(target) == 1:  # shorter side to target, as torchvision does
+                target = target if isinstance(target, int) else target[0]
+                short, long = min(w, h), max(w, h)
+                new_short, new_long = target, int(target * long / short)
+                if t.max_size is not None and new_long > t.max_size:
+                    new_short, new_long = int(t.max_size * new_short / new_long), t.max_size
+                w, h = (new_short, new_long) if w <= h else (new_long, new_short)
+            else:
+                h, w = int(target[0]), int(target[1])
+            resized = final = (w, h)
+        elif isinstance(t, T.CenterCrop):
+            h, w = int(t.size[0]), int(t.size[1])
+            final = (w, h)
+        elif type(t).__name__ in ('ToTensor', 'MaybeToTensor', 'PILToTensor', 'MaybePILToTensor', 'Normalize'):
+            break
+        else:  # a transform this function does not model: say "resized to the model's input size"
+            final = _model_input_size(dm)
+            return final, final
+    return resized, final
+
+
+def _fmt(size: Tuple[int, int]) -> str:
+    return f'{size[0]}x{size[1]}'
+
+
+def input_note(models: Sequence[DemoModel], size: Tuple[int, int]) -> str:
+    """One sentence per distinct preprocessing: how an image of ``size`` (width, height) reaches the models."""
+    lines: List[str] = []
+    for dm in models:
+        resized, final = _input_geometry(dm, size)
+        if resized == size and final == size:
+            line = f'The image is {_fmt(size)} pixels, the models\' input size: used as is.'
+        elif resized == final:
+            line = (f'Your image was resized from {_fmt(size)} to {_fmt(final)} pixels (the models\' input '
+                    f'size) before the prediction, so fine detail is lost.')
+        elif resized == size:
+            line = (f'Your image was center-cropped from {_fmt(size)} to {_fmt(final)} pixels (the models\' '
+                    f'input size): the models do not see its edges.')
+        else:
+            line = (f'Your image was resized from {_fmt(size)} to {_fmt(resized)} and center-cropped to '
+                    f'{_fmt(final)} pixels (the models\' input size): fine detail is lost and the models do '
+                    f'not see its edges.')
+        lines.append(line)
+    if len(set(lines)) == 1:
+        return lines[0]
+    return '  \n'.join(f'{dm.title}: {line}' for dm, line in zip(models, lines))
+
+
+def _upload_size(path: Optional[str]) -> Optional[Tuple[int, int]]:
+    """The (width, height) an upload declares in its header, or None when it is not readable."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Exception:  # noqa: BLE001 - the prediction itself reports a bad file
+        return None
+
+
+def classes_note(model: DemoModel) -> str:
+    """The permanent caveat: the models only know their training classes."""
+    names = model.label_names
+    which = f'the {len(names)} CIFAR-10 classes' if tuple(names) == CIFAR10_CLASSES else f'{len(names)} classes'
+    return (f'**The models know only {which}**: {", ".join(names)}. Every image gets one of these, with a '
+            f'confidence, even if it shows something else (or is pure noise).')
+
+
 def example_images() -> List[str]:
     return sorted(str(p) for p in EXAMPLES_DIR.glob('*.png'))
 
 
+def _refuse(err: DemoError, path: Optional[str] = None, log_it: bool = True):
+    """A gr.Error for the page that Gradio prints no traceback for; one log line instead."""
+    import gradio as gr
+
+    if log_it:
+        log.warning('refused an upload%s: %s', f' ({Path(path).name})' if path else '', err)
+    return gr.Error(str(err), print_exception=False)
+
+
 def build_app(mislas: DemoModel, baselines: Dict[str, DemoModel], default_baseline: Optional[str] = None):
-    """The gr.Blocks page. ``baselines`` maps a choice label to a loaded model."""
+    """The gr.Blocks page. ``baselines`` maps a choice label to a loaded model. Launch it with
+    ``launch_app`` (or pass ``css=CSS`` to ``launch``)."""
     import gradio as gr
 
     if not baselines:
@@ -172,12 +300,23 @@ def build_app(mislas: DemoModel, baselines: Dict[str, DemoModel], default_baseli
     choices = list(baselines)
     default_baseline = default_baseline or choices[0]
 
-    def predict(image_path, baseline_choice):
+    def run(image_path, baseline_choice):
+        baseline = baselines[baseline_choice or default_baseline]
         try:
             image = open_image(image_path)
-            return predict_pair(mislas, baselines[baseline_choice or default_baseline], image)
+            return (*predict_pair(mislas, baseline, image), input_note([mislas, baseline], image.size))
         except DemoError as err:
-            raise gr.Error(str(err)) from None
+            raise _refuse(err, image_path) from None
+
+    def predict(image_path, baseline_choice):
+        return run(image_path, baseline_choice)[:5]
+
+    def note(image_path, baseline_choice):
+        size = _upload_size(image_path)
+        return input_note([mislas, baselines[baseline_choice or default_baseline]], size) if size else ''
+
+    def run_example(example_path, baseline_choice):
+        return (example_path, *run(example_path, baseline_choice))
 
     def preview(image_path):
         if not image_path:
@@ -185,15 +324,24 @@ def build_app(mislas: DemoModel, baselines: Dict[str, DemoModel], default_baseli
         try:
             image = open_image(image_path)
         except DemoError as err:
-            raise gr.Error(str(err)) from None
+            raise _refuse(err, image_path, log_it=False) from None  # the prediction logs it, if one is asked for
         # Show CIFAR-sized inputs enlarged (pixelated, as the model sees them), large ones reduced.
         scale = 192 / max(image.size)
         return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                             Image.NEAREST if scale > 1 else Image.BILINEAR)
 
     with gr.Blocks(title='MiSLAS calibration demo') as app:
+        # Created first, placed below: the examples (under the upload box) write into the results.
+        sentence = gr.Markdown(elem_id='sentence', render=False)
+        resize_md = gr.Markdown(elem_id='input-note', render=False)
+        label_m = gr.Label(num_top_classes=5, label=mislas.title, elem_id='label-mislas', render=False)
+        label_b = gr.Label(num_top_classes=5, label='Baseline', elem_id='label-baseline', render=False)
+        table = gr.Markdown(elem_id='top5-table', render=False)
+        vectors = gr.JSON(label='probabilities', render=False)
+        outputs = [label_m, label_b, vectors, sentence, table]  # the /predict API's outputs, in this order
+
         gr.Markdown('# Calibrated long-tailed recognition: MiSLAS vs. an over-confident baseline\n'
-                    'Models trained on long-tailed data are over-confident. Upload an image (or pick an example, '
+                    'Models trained on long-tailed data are over-confident. Upload an image (or click an example, '
                     'tail classes included) and compare how sure each model is. Confidences are in percent; '
                     'head / medium / tail marks how frequent the class was in training.')
         baseline_state = gr.State(default_baseline)
@@ -202,20 +350,28 @@ def build_app(mislas: DemoModel, baselines: Dict[str, DemoModel], default_baseli
                 # A gr.File, not a gr.Image: gr.Image decodes uploads before the handler runs, so a
                 # corrupt or huge file would end in Gradio's generic error instead of open_image's message.
                 image = gr.File(label='Image file', file_types=['image'], type='filepath', elem_id='upload')
+                examples = example_images()
+                if examples:
+                    # The examples load into a hidden gr.Image, so they show as thumbnails rather than
+                    # file names; a click predicts at once and also puts the file into the upload box.
+                    carrier = gr.Image(type='filepath', visible=False, elem_id='example-carrier')
+                    gr.Examples([[path, None] for path in examples], inputs=[carrier, baseline_state],
+                                fn=run_example, outputs=[image, *outputs, resize_md], run_on_click=True,
+                                cache_examples=False, label='Examples (CIFAR-10 test images): click one to predict',
+                                examples_per_page=len(examples), elem_id='examples', api_name=False)
                 shown = gr.Image(label='Your image', interactive=False, height=200, elem_id='preview')
                 baseline_radio = gr.Radio(choices, value=default_baseline, label='Baseline to compare against')
                 button = gr.Button('Predict', variant='primary')
-                examples = example_images()
-                if examples:
-                    gr.Examples(examples, inputs=image, label='Examples (CIFAR-10 test images)')
             with gr.Column(scale=2):
-                sentence = gr.Markdown(elem_id='sentence')
+                gr.Markdown(classes_note(mislas), elem_id='classes-note')
+                sentence.render()
+                resize_md.render()
                 with gr.Row():
-                    label_m = gr.Label(num_top_classes=5, label=mislas.title, elem_id='label-mislas')
-                    label_b = gr.Label(num_top_classes=5, label='Baseline', elem_id='label-baseline')
-                table = gr.Markdown(elem_id='top5-table')
+                    label_m.render()
+                    label_b.render()
+                table.render()
                 with gr.Accordion('Full probability vectors (JSON)', open=False):
-                    vectors = gr.JSON(label='probabilities')
+                    vectors.render()
         gr.Markdown('## Why the confidences differ: reliability on the test split\n'
                     'Bars below the diagonal mean over-confidence; ECE is the average gap (lower is better).')
         with gr.Row():
@@ -229,9 +385,27 @@ def build_app(mislas: DemoModel, baselines: Dict[str, DemoModel], default_baseli
         image.change(preview, inputs=image, outputs=shown, api_name=False)
         baseline_radio.change(lambda choice: choice, inputs=baseline_radio, outputs=baseline_state,
                               api_name=False)
-        button.click(predict, inputs=[image, baseline_state], outputs=[label_m, label_b, vectors, sentence, table],
-                     api_name='predict')
+        event = button.click(predict, inputs=[image, baseline_state], outputs=outputs, api_name='predict')
+        event.success(note, inputs=[image, baseline_state], outputs=resize_md, api_name=False)
+        event.failure(lambda: '', outputs=resize_md, api_name=False)
+        sentence.change(None, js=SCROLL_TO_RESULT_JS, api_name=False)
     return app
+
+
+def launch_app(app, **launch_kwargs):
+    """Queue and launch the page with its CSS (Gradio 6 takes CSS in ``launch``, not in ``gr.Blocks``)."""
+    app.queue(default_concurrency_limit=launch_kwargs.pop('concurrency_limit', 4))
+    return app.launch(css=CSS, **launch_kwargs)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Print the demo's log lines (such as a refused upload) to stderr, one line each."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter('%(asctime)s %(name)s %(levelname)s: %(message)s'))
+        log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
 
 
 def load_models(model: str, baselines: Sequence[Tuple[str, str]]) -> Tuple[DemoModel, Dict[str, DemoModel]]:

@@ -1,4 +1,4 @@
-"""Losses: label-aware smoothing (stage 2) and mixup cross-entropy (stage 1).
+"""Losses: label-aware smoothing (stage 2), mixup cross-entropy and Balanced Softmax (stage 1).
 
 Notation: K classes with training counts N_y; N_1 = max, N_K = min; eps_1 (``smooth_head``) and
 eps_K (``smooth_tail``) are the smoothing factors of the most and least frequent class.
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 __all__ = [
     'LAS_SHAPES', 'LAS_FORMULATIONS', 'las_smoothing', 'LabelAwareSmoothing',
-    'mixup_batch', 'mixup_cross_entropy',
+    'mixup_batch', 'mixup_cross_entropy', 'balanced_softmax_logits', 'BalancedSoftmaxCrossEntropy',
 ]
 
 LAS_SHAPES = ('concave', 'linear', 'convex', 'exp')
@@ -153,3 +153,33 @@ def mixup_batch(
 def mixup_cross_entropy(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: float) -> torch.Tensor:
     """lambda * CE(z, y_a) + (1 - lambda) * CE(z, y_b): CE against the mixed one-hot target."""
     return lam * F.cross_entropy(logits, y_a) + (1.0 - lam) * F.cross_entropy(logits, y_b)
+
+
+def balanced_softmax_logits(logits: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
+    """Balanced Softmax (Ren et al. 2020): the training-time logits z_j + log pi_j.
+
+    With pi_j = N_j / N the training class prior, cross-entropy on ``softmax(z + log pi)`` is the
+    Balanced Softmax loss ``-log(N_y exp(z_y) / sum_j N_j exp(z_j))`` (the logit-adjusted loss of
+    Menon et al. 2021 with tau = 1). At test time the plain logits z are used, so the model is
+    unchanged for inference. Composes with mixup: pass the adjusted logits to
+    :func:`mixup_cross_entropy`.
+    """
+    return logits + log_prior.to(device=logits.device, dtype=logits.dtype)
+
+
+class BalancedSoftmaxCrossEntropy(nn.Module):
+    """Cross-entropy of :func:`balanced_softmax_logits`; ``class_counts`` are the training counts N_j."""
+
+    def __init__(self, class_counts: Sequence[int]):
+        super().__init__()
+        counts = torch.as_tensor(list(class_counts), dtype=torch.float64)
+        if counts.ndim != 1 or len(counts) < 2 or bool((counts <= 0).any()):
+            raise ValueError('BalancedSoftmaxCrossEntropy needs a positive training count for every class '
+                             f'(got {list(class_counts)}); a class without training images has no prior')
+        self.register_buffer('log_prior', (counts / counts.sum()).log().float())
+
+    def adjust(self, logits: torch.Tensor) -> torch.Tensor:
+        return balanced_softmax_logits(logits, self.log_prior)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.adjust(logits), target)

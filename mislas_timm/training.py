@@ -29,21 +29,22 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .config import ConfigError
+from .config import ConfigError, StageConfig, TrainConfig, parse_config
 from .data.batch_augment import BatchCropFlip, DecodedImages, resolve_decode_once
-from .data.hf import (DataError, ImageClassificationView, build_train_transform, dataset_from_split_list,
-                      label_names as dataset_label_names, labels_of, load_split, resolve_columns)
-from .data.longtail import (class_counts as count_classes, longtail_counts, longtail_indices, split_sha256,
-                            validation_split)
+from .data.hf import (DECODE_ERRORS, DataError, ImageClassificationView, build_train_transform, dataset_from_split_list,
+                      find_undecodable_row, image_error, label_names as dataset_label_names, labels_of, load_split,
+                      resolve_columns)
+from .data.longtail import class_counts as count_classes, longtail_view, split_sha256
 from .data.sampler import ClassAwareSampler, InstanceSampler, worker_generator
 from .evaluation import evaluate
 from .hub import HubError, load_model, save_hub_folder, write_json_atomic
-from .losses import LabelAwareSmoothing, mixup_batch, mixup_cross_entropy
+from .losses import BalancedSoftmaxCrossEntropy, LabelAwareSmoothing, mixup_batch, mixup_cross_entropy
 from .runtime import (RuntimeChoices, device_name, has_accelerator, load_pinned, resolve_channels_last,
                       resolve_mixed_precision, save_pinned)
 from .stage2 import fold_head, head_parameter_groups, to_stage2
 
-__all__ = ['TrainingError', 'TrainData', 'load_data', 'build_model', 'lr_multiplier', 'run_training']
+__all__ = ['TrainingError', 'TrainData', 'load_data', 'build_model', 'lr_multiplier', 'loss_problem', 'run_training',
+           'StageProgress']
 
 logger = logging.getLogger('mislas_timm.train')
 
@@ -66,68 +67,68 @@ class TrainData:
     val: Any = None                     # the validation split (never the test split), or None
 
 
-def _load_raw_splits(cfg: Dict[str, Any]):
-    d = cfg['dataset']
-    if d.get('train_list') or d.get('test_list'):
-        if not (d.get('train_list') and d.get('test_list') and d.get('data_root')):
+def _load_raw_splits(cfg: TrainConfig):
+    d = cfg.dataset
+    if d.train_list or d.test_list:
+        if not (d.train_list and d.test_list and d.data_root):
             raise DataError('split lists need all of --data-root, --train-list and --test-list')
-        return (dataset_from_split_list(d['data_root'], d['train_list']),
-                dataset_from_split_list(d['data_root'], d['test_list']))
-    if not d.get('source'):
-        raise DataError(f'preset {cfg.get("preset")!r} has no default data set: pass --dataset, or '
+        return (dataset_from_split_list(d.data_root, d.train_list),
+                dataset_from_split_list(d.data_root, d.test_list))
+    if not d.source:
+        raise DataError(f'preset {cfg.preset!r} has no default data set: pass --dataset, or '
                         '--data-root with --train-list / --test-list')
-    return load_split(d['source'], d['train_split']), load_split(d['source'], d['test_split'])
+    return load_split(d.source, d.train_split), load_split(d.source, d.test_split)
 
 
-def load_data(cfg: Dict[str, Any], max_train_samples: Optional[int] = None,
+def load_data(cfg: TrainConfig, max_train_samples: Optional[int] = None,
               max_eval_samples: Optional[int] = None) -> TrainData:
-    """The training view (long-tailed if the preset asks) and the test split of the configured data."""
-    d = cfg['dataset']
+    """The training view (long-tailed if the preset asks), the validation and the test split."""
+    cfg = parse_config(cfg)
+    d = cfg.dataset
     train, test = _load_raw_splits(cfg)
-    image_column, label_column = resolve_columns(train, d.get('image_column'), d.get('label_column'))
+    image_column, label_column = resolve_columns(train, d.image_column, d.label_column)
     resolve_columns(test, image_column, label_column)
     names = dataset_label_names(train, label_column)
     labels = labels_of(train, label_column)
     num_classes = len(names) if names else max(labels) + 1
-    expected = d.get('num_classes')
+    expected = d.num_classes
     if expected and num_classes != expected:
         raise DataError(f'the data set has {num_classes} classes in column {label_column!r} but preset '
-                        f'{cfg.get("preset")!r} expects {expected}; pass the matching --dataset / --label-column '
+                        f'{cfg.preset!r} expects {expected}; pass the matching --dataset / --label-column '
                         f'or --set dataset.num_classes={num_classes}')
     names = names or [str(i) for i in range(num_classes)]
-    lt = cfg.get('longtail')
+    lt = cfg.longtail
     meta: Dict[str, Any] = {'imb_factor': None, 'data_seed': None, 'profile': None}
+    val = None
     if lt:
-        full_counts = count_classes(labels, num_classes)
-        n_max = lt.get('n_max') or max(full_counts)
-        counts = longtail_counts(n_max, num_classes, lt['imb_factor'], lt.get('profile', 'exp'))
-        kept = longtail_indices(labels, counts, lt.get('data_seed', 0))
-        meta.update(imb_factor=lt['imb_factor'], data_seed=lt.get('data_seed', 0), profile=lt.get('profile', 'exp'))
+        # The long-tail view and its validation images (from the images the view leaves out; the head
+        # class, which keeps all of its images, gives up some of its kept ones).
+        try:
+            kept, val_idx = longtail_view(labels, num_classes, lt.imb_factor, lt.profile, lt.data_seed, lt.n_max,
+                                          lt.val_per_class)
+        except ValueError as err:
+            raise DataError(f'long-tail view of {d.source or d.train_list}: {err}') from None
+        imb = int(lt.imb_factor) if float(lt.imb_factor).is_integer() else lt.imb_factor
+        meta.update(imb_factor=imb, data_seed=lt.data_seed, profile=lt.profile, n_max=lt.n_max)
+        if lt.val_per_class:
+            val = train.select(val_idx.tolist())
+            meta.update(val_per_class=lt.val_per_class, val_sha256=split_sha256(val_idx),
+                        val_counts=count_classes([labels[i] for i in val_idx.tolist()], num_classes),
+                        val_source='held out of the training split')
     else:
         kept = np.arange(len(labels))
-    val = None
-    if lt and lt.get('val_per_class'):
-        # Drawn from the images the long-tail view leaves out (the head class: from its kept ones).
-        try:
-            kept, val_idx = validation_split(labels, kept, int(lt['val_per_class']), lt.get('data_seed', 0))
-        except ValueError as err:
-            raise DataError(f'longtail.val_per_class: {err}') from None
-        val = train.select(val_idx.tolist())
-        meta.update(val_per_class=int(lt['val_per_class']), val_sha256=split_sha256(val_idx),
-                    val_counts=count_classes([labels[i] for i in val_idx.tolist()], num_classes),
-                    val_source='held out of the training split')
-    elif d.get('val_list'):
-        if not d.get('data_root'):
+    if val is None and d.val_list:
+        if not d.data_root:
             raise DataError('--val-list needs --data-root (the folder its image paths are relative to)')
-        val = dataset_from_split_list(d['data_root'], d['val_list'])
-        meta.update(val_source=str(d['val_list']))
-    elif d.get('val_split'):
-        val = load_split(d['source'], d['val_split'])
-        meta.update(val_source=f'split {d["val_split"]}')
+        val = dataset_from_split_list(d.data_root, d.val_list)
+        meta.update(val_source=str(d.val_list))
+    elif val is None and d.val_split:
+        val = load_split(d.source, d.val_split)
+        meta.update(val_source=f'split {d.val_split}')
     if val is not None:
         meta['num_val'] = len(val)
     if max_train_samples and max_train_samples < len(kept):
-        rng = np.random.RandomState(lt.get('data_seed', 0) if lt else 0)
+        rng = np.random.RandomState(lt.data_seed if lt else 0)
         kept = np.sort(rng.permutation(kept)[:max_train_samples])
     meta['split_sha256'] = split_sha256(kept)
     train = train.select(kept.tolist()) if len(kept) != len(labels) else train
@@ -139,25 +140,48 @@ def load_data(cfg: Dict[str, Any], max_train_samples: Optional[int] = None,
                         '--max-train-samples; raise --max-train-samples or lower the imbalance factor')
     if max_eval_samples and max_eval_samples < len(test):
         test = test.select(range(max_eval_samples))
+    _check_images_decode(test, image_column, 'test')
     test_labels = labels_of(test, label_column)
     if test_labels and max(test_labels) >= num_classes:
         raise DataError(f'the test split has label {max(test_labels)} but the training split only {num_classes} classes')
-    meta.update(class_counts=counts, rank_split=(cfg.get('groups') or {}).get('rank_split'),
-                dataset=str(d.get('source') or d.get('train_list')), num_train=len(train_labels))
+    meta.update(class_counts=counts, rank_split=cfg.groups.rank_split,
+                dataset=str(d.source or d.train_list), num_train=len(train_labels))
     return TrainData(train, test, image_column, label_column, num_classes, names, counts, train_labels, meta, val)
 
 
-def build_model(cfg: Dict[str, Any], num_classes: int, label_names: List[str]) -> torch.nn.Module:
+# Decode-check a split up front when it is this small (CIFAR's 10,000 test images: ~10 M pixels, about a
+# second); a corrupt image found only at the end-of-stage evaluation would cost a whole stage.
+DECODE_CHECK_PIXELS = 64 * 1024 ** 2
+
+
+def _check_images_decode(ds, image_column: str, split: str) -> None:
+    if not len(ds):
+        return
+    try:
+        first = ds[0][image_column]
+    except DECODE_ERRORS as err:
+        raise image_error(ds, 0, image_column, err) from None
+    if len(ds) * first.size[0] * first.size[1] > DECODE_CHECK_PIXELS:
+        return
+    try:
+        for _ in ds[image_column]:
+            pass
+    except DECODE_ERRORS:
+        found = find_undecodable_row(ds, image_column)
+        if found is not None:
+            raise image_error(ds, found[0], image_column, found[1]) from None
+        raise
+
+
+def build_model(cfg: TrainConfig, num_classes: int, label_names: List[str]) -> torch.nn.Module:
     """The preset's timm model with num_classes and the preset's preprocessing in its pretrained_cfg."""
     import timm
 
-    m = cfg['model']
-    if not timm.is_model(m['arch']):
-        raise ConfigError(f'unknown model {m["arch"]!r}: not a timm model name (see timm.list_models())')
-    model = timm.create_model(m['arch'], pretrained=bool(m.get('pretrained')), num_classes=num_classes,
-                              **(m.get('kwargs') or {}))
-    if m.get('trunk_weights'):
-        _load_trunk(model, m['trunk_weights'])
+    m = cfg.model
+    _check_arch(m.arch)
+    model = timm.create_model(m.arch, pretrained=m.pretrained, num_classes=num_classes, **m.kwargs)
+    if m.trunk_weights:
+        _load_trunk(model, m.trunk_weights)
     _apply_data_cfg(model, cfg, label_names)
     return model
 
@@ -176,43 +200,52 @@ def _load_trunk(model: torch.nn.Module, source: str) -> None:
     logger.info('initialised %d tensors from %s', len(src), source)
 
 
-def _apply_data_cfg(model: torch.nn.Module, cfg: Dict[str, Any], label_names: List[str]) -> None:
-    data = cfg['data']
+def _check_arch(arch: str) -> None:
+    import timm
+
+    if not timm.is_model(arch):
+        raise ConfigError(f'config key model.arch: unknown model {arch!r}; pass a timm model name '
+                          '(see timm.list_models())')
+
+
+def _apply_data_cfg(model: torch.nn.Module, cfg: TrainConfig, label_names: List[str]) -> None:
     pretrained_cfg = dict(model.pretrained_cfg)
     for key in ('input_size', 'mean', 'std', 'crop_pct'):
-        if data.get(key) is not None:
-            pretrained_cfg[key] = tuple(data[key]) if isinstance(data[key], list) else data[key]
+        value = getattr(cfg.data, key)
+        if value is not None:
+            pretrained_cfg[key] = tuple(value) if isinstance(value, list) else value
     pretrained_cfg['label_names'] = list(label_names)
     pretrained_cfg['num_classes'] = len(label_names)
     model.pretrained_cfg = model.default_cfg = pretrained_cfg
 
 
-def lr_multiplier(epoch: int, stage_cfg: Dict[str, Any]) -> float:
+def lr_multiplier(epoch: int, stage_cfg: StageConfig) -> float:
     """Learning-rate factor of an epoch (0-based), per epoch as the reference.
 
     Linear warm-up: (epoch + 1) / warmup_epochs for epoch < warmup_epochs. Then
     ``step``: gamma ** (number of milestones m with epoch + 1 > m);
     ``cosine``: 0.5 * (1 + cos(pi * (epoch - warmup_epochs) / (epochs - warmup_epochs))).
     """
-    warmup = int(stage_cfg.get('warmup_epochs') or 0)
+    warmup = stage_cfg.warmup_epochs
     if epoch < warmup:
         return (epoch + 1) / warmup
-    schedule = stage_cfg.get('schedule', 'cosine')
+    schedule = stage_cfg.schedule
     if schedule == 'step':
-        passed = sum(1 for m in stage_cfg.get('milestones') or [] if epoch + 1 > m)
-        return float(stage_cfg.get('gamma', 0.1)) ** passed
+        passed = sum(1 for m in stage_cfg.milestones or [] if epoch + 1 > m)
+        return stage_cfg.gamma ** passed
     if schedule == 'cosine':
-        return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / max(stage_cfg['epochs'] - warmup, 1)))
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / max(stage_cfg.epochs - warmup, 1)))
     raise ConfigError(f'unknown schedule {schedule!r}; use step or cosine')
 
 
 class Checkpointer:
     """One complete Accelerate state per stage under OUT/checkpoints, replaced atomically each epoch."""
 
-    def __init__(self, root: Path, stage: str, accelerator):
+    def __init__(self, root: Path, stage: str, accelerator, choices: Optional[RuntimeChoices] = None):
         self.root = root
         self.stage = stage
         self.accelerator = accelerator
+        self.choices = choices
 
     @property
     def path(self) -> Path:
@@ -244,6 +277,9 @@ class Checkpointer:
         if acc.is_main_process:
             write_json_atomic(tmp / 'progress.json', {'stage': self.stage, 'epoch': epoch,
                                                       'train_time_s': train_time_s})
+            if self.choices is not None and not (self.root / 'runtime.json').is_file():
+                # Pinned with the first checkpoint: a run that failed before one left no state to resume.
+                save_pinned(self.root / 'runtime.json', self.choices)
             old = self.root / f'.{self.stage}.old'
             if self.path.exists():
                 os.replace(self.path, old)
@@ -261,6 +297,23 @@ class Checkpointer:
         return epoch + 1
 
 
+# A finite loss above this many times log K has diverged. Cross-entropy of a uniform guess is log K;
+# the losses trained here (CE, mixup CE, Balanced Softmax, LAS) start near it and fall. A healthy
+# run stays within a few times log K, a diverging one runs to 1e3..1e10 within a few steps.
+DIVERGENCE_FACTOR = 50.0
+
+
+def loss_problem(loss: float, num_classes: int) -> Optional[str]:
+    """Why a step's loss must stop the run (NaN / inf, or > DIVERGENCE_FACTOR * log K), else None."""
+    if not math.isfinite(loss):
+        return f'loss is {loss}'
+    limit = DIVERGENCE_FACTOR * math.log(max(num_classes, 2))
+    if loss > limit:
+        return (f'loss {loss:.4g} exceeds {limit:.0f} ({DIVERGENCE_FACTOR:g} x log {num_classes}, the loss of a uniform '
+                'guess): training diverged')
+    return None
+
+
 def _seed_for(seed: int, *parts: int) -> int:
     return int(np.random.RandomState([seed, *parts]).randint(2 ** 31))
 
@@ -272,26 +325,26 @@ class StageSpec:
     index: int
     model: torch.nn.Module
     param_groups: List[Dict[str, Any]]
-    stage_cfg: Dict[str, Any]
+    stage_cfg: StageConfig
     sampler: Any
     steps_per_epoch: int
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     mixup_alpha: float = 0.0
+    adjust_logits: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # e.g. Balanced Softmax's + log prior
 
 
-def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: Dict[str, Any], out: Path,
+def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: TrainConfig, out: Path,
                  resume: bool, choices: RuntimeChoices) -> torch.nn.Module:
     sc = spec.stage_cfg
     memory_format = torch.channels_last if choices.channels_last else torch.contiguous_format
     spec.model.to(memory_format=memory_format)
-    seed = int(cfg.get('seed', 0))
-    optimizer = torch.optim.SGD(spec.param_groups, lr=sc['lr'], momentum=sc['momentum'],
-                                weight_decay=sc['weight_decay'])
+    seed = cfg.seed
+    optimizer = torch.optim.SGD(spec.param_groups, lr=sc.lr, momentum=sc.momentum, weight_decay=sc.weight_decay)
     # One stage's state per checkpoint: forget the previous stage's model and optimizer, so that a
     # resumed stage 2 (without a stage 1 in this process) finds its own state as "model 0".
     accelerator.free_memory()
     model, optimizer = accelerator.prepare(spec.model, optimizer)
-    checkpointer = Checkpointer(out / 'checkpoints', spec.name, accelerator)
+    checkpointer = Checkpointer(out / 'checkpoints', spec.name, accelerator, choices)
     configured_lrs = [group['initial_lr'] for group in spec.param_groups]
     start_epoch = checkpointer.restore() if resume else 0
     train_time = checkpointer.train_time_s() if start_epoch else 0.0
@@ -302,12 +355,12 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: Dict[str, A
         logger.info('%s: resumed after epoch %d from %s', spec.name, start_epoch, checkpointer.path)
     view, batch_transform = _training_view(cfg, data, accelerator.unwrap_model(model).pretrained_cfg,
                                            choices.decode_once)
-    per_process_batch = _per_process_batch(sc['batch_size'], accelerator.num_processes)
+    per_process_batch = _per_process_batch(sc.batch_size, accelerator.num_processes)
     rank = accelerator.process_index
     steps_per_epoch = min(math.ceil(len(spec.sampler) / per_process_batch), spec.steps_per_epoch)
-    progress = StageProgress(spec.name, sc['epochs'], steps_per_epoch, start_epoch,
+    progress = StageProgress(spec.name, sc.epochs, steps_per_epoch, start_epoch,
                              accelerator.is_local_main_process, accelerator.num_processes)
-    for epoch in range(start_epoch, sc['epochs']):
+    for epoch in range(start_epoch, sc.epochs):
         multiplier = lr_multiplier(epoch, sc)
         for group in optimizer.param_groups:
             group['lr'] = group['initial_lr'] * multiplier
@@ -315,7 +368,7 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: Dict[str, A
         torch.manual_seed(_seed_for(seed, spec.index, epoch, rank))
         mix_rng = np.random.default_rng([seed, spec.index, epoch, rank])
         loader = DataLoader(view, batch_size=per_process_batch, sampler=spec.sampler,
-                            num_workers=int(cfg['data'].get('num_workers') or 0),
+                            num_workers=cfg.data.num_workers,
                             generator=worker_generator(seed, epoch, rank),
                             persistent_workers=False, pin_memory=torch.cuda.is_available())
         model.train()
@@ -332,13 +385,17 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: Dict[str, A
             with accelerator.autocast():
                 if spec.mixup_alpha > 0:
                     mixed, y_a, y_b, lam = mixup_batch(images, targets, spec.mixup_alpha, mix_rng)
-                    loss = mixup_cross_entropy(model(mixed).float(), y_a, y_b, lam)
+                    logits = model(mixed).float()
+                    if spec.adjust_logits is not None:
+                        logits = spec.adjust_logits(logits)
+                    loss = mixup_cross_entropy(logits, y_a, y_b, lam)
                 else:
                     loss = spec.loss_fn(model(images).float(), targets)
-            if not bool(torch.isfinite(loss.detach())):
+            problem = loss_problem(float(loss.detach()), data.num_classes)
+            if problem:
                 last = checkpointer.latest_epoch()
                 where = f'{checkpointer.path} (after epoch {last})' if last is not None else 'none yet'
-                raise TrainingError(f'{spec.name}: loss is {float(loss.detach())} at epoch {epoch} step {step}; stopped. '
+                raise TrainingError(f'{spec.name}: {problem} at epoch {epoch} step {step}; stopped. '
                                     f'Last good checkpoint: {where}. Lower the lr (--set {spec.name}.lr=...) and '
                                     'rerun with --resume')
             optimizer.zero_grad(set_to_none=True)
@@ -351,7 +408,7 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: Dict[str, A
         elapsed = time.perf_counter() - start
         train_time += elapsed
         logger.info('%s epoch %d/%d: loss %.4f, lr %.5f, %.1f images/s (%d images, %.1f s)', spec.name, epoch + 1,
-                    sc['epochs'], loss_sum / max(seen, 1), optimizer.param_groups[0]['lr'],
+                    sc.epochs, loss_sum / max(seen, 1), optimizer.param_groups[0]['lr'],
                     seen * accelerator.num_processes / elapsed, seen * accelerator.num_processes, elapsed)
         accelerator.log({f'{spec.name}/loss': loss_sum / max(seen, 1), f'{spec.name}/lr': optimizer.param_groups[0]['lr'],
                          f'{spec.name}/images_per_s': seen * accelerator.num_processes / elapsed}, step=epoch)
@@ -362,13 +419,12 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: Dict[str, A
     return trained
 
 
-def _training_view(cfg: Dict[str, Any], data: TrainData, pretrained_cfg: Dict[str, Any], decode_once: bool):
+def _training_view(cfg: TrainConfig, data: TrainData, pretrained_cfg: Dict[str, Any], decode_once: bool):
     """The training data set and, with decode-once, the batch augmentation to run on the device."""
-    d = cfg['data']
-    kwargs = d.get('train_transform_kwargs') or {}
+    kwargs = cfg.data.train_transform_kwargs
     in_chans = int(pretrained_cfg['input_size'][0])
     if not decode_once:
-        transform = build_train_transform(d['train_transform'], pretrained_cfg, **kwargs)
+        transform = build_train_transform(cfg.data.train_transform, pretrained_cfg, **kwargs)
         return ImageClassificationView(data.train, data.image_column, data.label_column, transform, in_chans), None
     size = tuple(int(v) for v in pretrained_cfg['input_size'][1:])
     view = DecodedImages(data.train, data.image_column, data.label_column, in_chans, size=size)
@@ -458,50 +514,52 @@ def _freeze_except(model: torch.nn.Module, prefixes: Optional[List[str]]) -> Non
 
 
 def _stage1(accelerator, cfg, data: TrainData, out: Path, resume: bool, choices: RuntimeChoices) -> torch.nn.Module:
-    sc = cfg['stage1']
-    torch.manual_seed(int(cfg.get('seed', 0)))
+    sc = cfg.stage1
+    torch.manual_seed(cfg.seed)
     model = build_model(cfg, data.num_classes, data.label_names)
-    _freeze_except(model, sc.get('trainable'))
+    _freeze_except(model, sc.trainable)
     params = [p for p in model.parameters() if p.requires_grad]
     sampler = InstanceSampler(len(data.train_labels), accelerator.num_processes, accelerator.process_index,
-                              seed=int(cfg.get('seed', 0)))
-    steps = math.ceil(len(sampler) / _per_process_batch(sc['batch_size'], accelerator.num_processes))
-    spec = StageSpec('stage1', 1, model, [{'params': params, 'initial_lr': sc['lr']}], sc, sampler, steps,
-                     F.cross_entropy, mixup_alpha=float(sc.get('mixup_alpha') or 0.0))
+                              seed=cfg.seed)
+    steps = math.ceil(len(sampler) / _per_process_batch(sc.batch_size, accelerator.num_processes))
+    loss_fn: Callable = F.cross_entropy
+    adjust = None
+    if sc.loss == 'balanced_softmax':
+        balanced = BalancedSoftmaxCrossEntropy(data.class_counts).to(accelerator.device)
+        loss_fn, adjust = balanced, balanced.adjust
+    spec = StageSpec('stage1', 1, model, [{'params': params, 'initial_lr': sc.lr}], sc, sampler, steps,
+                     loss_fn, mixup_alpha=sc.mixup_alpha, adjust_logits=adjust)
     return _train_stage(accelerator, spec, data, cfg, out, resume, choices)
 
 
 def _stage2(accelerator, cfg, data: TrainData, stage1_model: torch.nn.Module, out: Path, resume: bool,
             choices: RuntimeChoices) -> torch.nn.Module:
-    sc = cfg['stage2']
-    torch.manual_seed(_seed_for(int(cfg.get('seed', 0)), 2))
-    model = to_stage2(stage1_model, head=sc['head'], shift_bn=bool(sc['shift_bn']))
-    groups = head_parameter_groups(model, sc['lr'], float(sc.get('lr_factor', 1.0)))
-    if sc.get('loss', 'las') == 'las':
-        loss_fn: Callable = LabelAwareSmoothing(data.class_counts, sc['smooth_head'], sc['smooth_tail'],
-                                                shape=sc.get('las_shape', 'concave'), power=sc.get('las_power'),
-                                                formulation=sc.get('las_formulation', 'official')).to(accelerator.device)
-    elif sc.get('loss') == 'ce':
-        loss_fn = F.cross_entropy
+    sc = cfg.stage2
+    torch.manual_seed(_seed_for(cfg.seed, 2))
+    model = to_stage2(stage1_model, head=sc.head, shift_bn=sc.shift_bn)
+    groups = head_parameter_groups(model, sc.lr, sc.lr_factor)
+    if sc.loss == 'las':
+        loss_fn: Callable = LabelAwareSmoothing(data.class_counts, sc.smooth_head, sc.smooth_tail, shape=sc.las_shape,
+                                                power=sc.las_power, formulation=sc.las_formulation).to(accelerator.device)
     else:
-        raise ConfigError(f'stage2.loss must be las or ce, got {sc.get("loss")!r}')
-    sampler = ClassAwareSampler(data.train_labels, samples_per_class=int(sc.get('samples_per_class', 4)),
+        loss_fn = F.cross_entropy
+    sampler = ClassAwareSampler(data.train_labels, samples_per_class=sc.samples_per_class,
                                 num_replicas=accelerator.num_processes, rank=accelerator.process_index,
-                                seed=_seed_for(int(cfg.get('seed', 0)), 2))
+                                seed=_seed_for(cfg.seed, 2))
     # The reference loop ends a stage-2 epoch after ceil(N / batch) + 1 batches, not n_max * K samples.
-    steps = math.ceil(len(data.train_labels) / sc['batch_size']) + 1
+    steps = math.ceil(len(data.train_labels) / sc.batch_size) + 1
     spec = StageSpec('stage2', 2, model, groups, sc, sampler, steps, loss_fn)
     return _train_stage(accelerator, spec, data, cfg, out, resume, choices)
 
 
-def _stage_meta(cfg: Dict[str, Any], data: TrainData, stage: int, command: str,
+def _stage_meta(cfg: TrainConfig, data: TrainData, stage: int, command: str,
                 stage1: Optional[Dict[str, Any]] = None, run: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The config.json ``mislas`` block; a stage-2 model also records how its stage 1 was made."""
-    sc = cfg[f'stage{stage}']
-    recipe = {k: sc.get(k) for k in ('epochs', 'batch_size', 'lr', 'weight_decay', 'schedule', 'mixup_alpha',
-                                      'head', 'shift_bn', 'lr_factor', 'loss', 'smooth_head', 'smooth_tail',
-                                      'las_shape', 'las_formulation') if k in sc}
-    meta = {**data.meta, 'preset': cfg.get('preset'), 'stage': stage, 'seed': cfg.get('seed', 0),
+    sc = getattr(cfg, f'stage{stage}')
+    recipe = {k: getattr(sc, k) for k in ('epochs', 'batch_size', 'lr', 'weight_decay', 'schedule', 'mixup_alpha',
+                                          'head', 'shift_bn', 'lr_factor', 'loss', 'smooth_head', 'smooth_tail',
+                                          'las_shape', 'las_formulation') if hasattr(sc, k)}
+    meta = {**data.meta, 'preset': cfg.preset, 'stage': stage, 'seed': cfg.seed,
             'recipe': recipe, 'command': command, **(run or {})}
     if stage1 is not None:
         meta['stage1'] = stage1
@@ -517,16 +575,21 @@ def _finish_stage(accelerator, model: torch.nn.Module, cfg, data: TrainData, out
            'num_processes': accelerator.num_processes, 'torch_version': torch.__version__}
     meta = _stage_meta(cfg, data, stage, command, stage1, run)
     model.mislas_config = meta
-    report = evaluate(model, data.test, split=cfg['dataset']['test_split'], image_column=data.image_column,
-                      label_column=data.label_column, batch_size=int(cfg['data'].get('eval_batch_size', 256)),
-                      num_workers=int(cfg['data'].get('num_workers') or 0), accelerator=accelerator,
+    # A model trained here is not the published weights its architecture's default cfg names: it
+    # records its own tag (preset and stage) and no hf_hub_id; the zoo build gives zoo folders theirs.
+    pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in ('hf_hub_id', 'url')}
+    pretrained_cfg['tag'] = f'{(cfg.preset or "custom").replace("-", "_")}_stage{stage}'
+    model.pretrained_cfg = model.default_cfg = pretrained_cfg
+    report = evaluate(model, data.test, split=cfg.dataset.test_split, image_column=data.image_column,
+                      label_column=data.label_column, batch_size=cfg.data.eval_batch_size,
+                      num_workers=cfg.data.num_workers, accelerator=accelerator,
                       dataset_name=meta['dataset'])
     report['runtime'] = choices.to_dict()
     report['train_time_s'] = round(train_time_s, 1)
     if accelerator.is_main_process:
         save_hub_folder(model, folder, label_names=data.label_names, mislas=meta, metrics=report,
-                        card_context={'title': f'{cfg["model"]["arch"]}, stage {stage} ({cfg.get("preset")})',
-                                      'limitations': cfg.get('limitations')})
+                        card_context={'title': f'{cfg.model.arch}, stage {stage} ({cfg.preset})',
+                                      'limitations': cfg.limitations})
     accelerator.wait_for_everyone()
     logger.info('stage %d: top-1 %.2f%%, ECE %.2f%%, NLL %.4f -> %s', stage, 100 * report['top1'],
                 100 * report['ece'], report['nll'], folder)
@@ -537,7 +600,7 @@ def _stage_done(folder: Path) -> bool:
     return all((folder / name).is_file() for name in ('config.json', 'model.safetensors', 'metrics.json'))
 
 
-def run_training(cfg: Dict[str, Any], *, output_dir: str, stage: str = 'all', init: Optional[str] = None,
+def run_training(cfg: TrainConfig, *, output_dir: str, stage: str = 'all', init: Optional[str] = None,
                  resume: bool = False, mixed_precision: Optional[str] = None, report_to: Optional[str] = None,
                  max_train_samples: Optional[int] = None, max_eval_samples: Optional[int] = None,
                  command: Optional[str] = None, cpu: bool = False) -> Dict[str, Path]:
@@ -550,6 +613,8 @@ def run_training(cfg: Dict[str, Any], *, output_dir: str, stage: str = 'all', in
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
+    cfg = parse_config(cfg)
+    _check_arch(cfg.model.arch)
     out = Path(output_dir)
     if stage not in ('1', '2', 'all'):
         raise ConfigError(f'--stage must be 1, 2 or all, got {stage!r}')
@@ -562,7 +627,7 @@ def run_training(cfg: Dict[str, Any], *, output_dir: str, stage: str = 'all', in
     use_cpu = cpu or not has_accelerator()
     pinned_path = out / 'checkpoints' / 'runtime.json'
     pinned = load_pinned(pinned_path) if resume else None
-    requested = dict(cfg.get('runtime') or {})
+    requested = dict(vars(cfg.runtime))
     if mixed_precision is not None:
         requested['mixed_precision'] = mixed_precision
     choices, notes = _resolve_runtime(cfg, requested, pinned, use_cpu)
@@ -581,22 +646,20 @@ def run_training(cfg: Dict[str, Any], *, output_dir: str, stage: str = 'all', in
     for note in notes:
         logger.info(note)
     if report_to:
-        accelerator.init_trackers('mislas', config={'preset': cfg.get('preset')})
+        accelerator.init_trackers('mislas', config={'preset': cfg.preset})
     data = load_data(cfg, max_train_samples, max_eval_samples)
     logger.info('data: %d training images in %d classes (counts %s), %d validation images, %d test images',
                 len(data.train_labels), data.num_classes, data.class_counts, len(data.val) if data.val is not None else 0,
                 len(data.test))
-    wanted_decode = cfg['data'].get('decode_once', 'auto')
+    wanted_decode = cfg.data.decode_once
     if pinned and 'decode_once' in pinned and wanted_decode == 'auto':
         decode_once = bool(pinned['decode_once'])  # the resumed run keeps its input path (and random stream)
     else:
-        decode_once = resolve_decode_once(wanted_decode, cfg['data']['train_transform'], len(data.train_labels),
-                                          cfg['data']['input_size'])
+        decode_once = resolve_decode_once(wanted_decode, cfg.data.train_transform, len(data.train_labels),
+                                          cfg.data.input_size)
     choices = RuntimeChoices(**{**choices.to_dict(), 'decode_once': bool(decode_once)})
     logger.info('runtime: mixed precision %s (%s), channels-last %s, torch.compile %s, decode-once %s',
                 choices.mixed_precision, choices.reason, choices.channels_last, choices.compile, choices.decode_once)
-    if accelerator.is_main_process:
-        save_pinned(pinned_path, choices)
     written: Dict[str, Path] = {}
     stage1_model = None
     if stage in ('1', 'all'):
@@ -635,7 +698,7 @@ def run_training(cfg: Dict[str, Any], *, output_dir: str, stage: str = 'all', in
     return written
 
 
-def _resolve_runtime(cfg: Dict[str, Any], requested: Dict[str, Any], pinned: Optional[Dict[str, Any]],
+def _resolve_runtime(cfg: TrainConfig, requested: Dict[str, Any], pinned: Optional[Dict[str, Any]],
                      use_cpu: bool):
     """The run's RuntimeChoices (decode_once is settled after the data loads) and log notes.
 
@@ -650,18 +713,14 @@ def _resolve_runtime(cfg: Dict[str, Any], requested: Dict[str, Any], pinned: Opt
                 wanted[key] = pinned[key]
             elif value != 'auto' and key in pinned and value != pinned[key]:
                 notes.append(f'runtime.{key}: {value} given explicitly; the run started with {pinned[key]}')
-    m = cfg['model']
     probe = None
     if 'auto' in (wanted['mixed_precision'], wanted['channels_last']):
-        if not timm.is_model(m['arch']):
-            raise ConfigError(f'unknown model {m["arch"]!r}: not a timm model name (see timm.list_models())')
-        probe = timm.create_model(m['arch'], num_classes=int(cfg['dataset'].get('num_classes') or 10),
-                                  **(m.get('kwargs') or {}))
+        probe = timm.create_model(cfg.model.arch, num_classes=cfg.dataset.num_classes or 10, **cfg.model.kwargs)
     channels_last = resolve_channels_last(wanted['channels_last'], probe)
     if wanted['mixed_precision'] == 'auto':
         # Several CPU processes could measure differently; they use the static rule instead.
         measure = int(os.environ.get('WORLD_SIZE', '1')) == 1
-        precision, reason = resolve_mixed_precision('auto', probe, cfg['data']['input_size'], use_cpu=use_cpu,
+        precision, reason = resolve_mixed_precision('auto', probe, cfg.data.input_size, use_cpu=use_cpu,
                                                     channels_last=channels_last, measure=measure)
     else:
         precision = str(wanted['mixed_precision'])

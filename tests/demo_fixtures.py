@@ -30,12 +30,11 @@ def demo_models(demo_folders):
 
 @pytest.fixture(scope='session')
 def running_app(demo_models):
-    from mislas_timm.demo import build_app
+    from mislas_timm.demo import build_app, launch_app
     mislas, baselines = demo_models
     app = build_app(mislas, baselines)
     port = free_port()
-    app.queue(default_concurrency_limit=4).launch(server_name='127.0.0.1', server_port=port,
-                                                  prevent_thread_lock=True, quiet=True)
+    launch_app(app, server_name='127.0.0.1', server_port=port, prevent_thread_lock=True, quiet=True)
     yield f'http://127.0.0.1:{port}/'
     app.close()
 

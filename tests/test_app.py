@@ -1,8 +1,11 @@
 """The demo's functions, the running app through gradio_client, and app.py's command line."""
+import json
 import math
 import os
 import subprocess
 import sys
+import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -10,9 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mislas_timm.demo import MAX_PIXELS, DemoError, example_images, open_image, predict_pair
+from mislas_timm.demo import (MAX_PIXELS, DemoError, classes_note, example_images, input_note, open_image,
+                              predict_pair)
 
-from .demo_fixtures import demo_folders, demo_models, running_app, write_png  # noqa: F401  (fixtures)
+from .demo_fixtures import demo_folders, demo_models, free_port, running_app, write_png  # noqa: F401  (fixtures)
 from .hub_fixtures import CIFAR10_LT_COUNTS, CIFAR10_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +86,46 @@ def test_bad_images(tmp_path):
         open_image(None)
 
 
+def _transform_steps(dm, size):
+    """The sizes the model's transform really produces from an image of ``size``: its PIL steps, run."""
+    image, steps = Image.new('RGB', size), []
+    for t in dm.transform.transforms:
+        out = t(image)
+        if not isinstance(out, Image.Image):
+            break
+        if out.size != image.size:
+            steps.append(out.size)
+        image = out
+    return image.size, steps
+
+
+@pytest.mark.parametrize('size', [(4000, 4000), (4000, 3000), (20, 50), (40, 40), 'input'])
+def test_input_note_says_how_the_image_is_resized(demo_models, size):
+    mislas, baselines = demo_models
+    model_size = tuple(mislas.model.pretrained_cfg['input_size'][:0:-1])  # (width, height)
+    size = model_size if size == 'input' else size
+    final, steps = _transform_steps(mislas, size)
+    assert final == model_size
+    note = input_note([mislas, baselines['CE baseline']], size)
+    assert '\n' not in note  # both models preprocess alike: one sentence
+    fmt = 'x'.join
+    if not steps:
+        assert f'is {fmt(map(str, size))} pixels' in note and 'used as is' in note
+    elif len(steps) == 1:
+        assert f'resized from {fmt(map(str, size))} to {fmt(map(str, final))} pixels' in note
+    else:
+        assert (f'resized from {fmt(map(str, size))} to {fmt(map(str, steps[0]))} and center-cropped to '
+                f'{fmt(map(str, final))} pixels') in note
+    assert "models' input size" in note
+
+
+def test_classes_note_names_every_class(demo_models):
+    mislas, _ = demo_models
+    note = classes_note(mislas)
+    assert 'only the 10 CIFAR-10 classes' in note and all(name in note for name in CIFAR10_NAMES)
+    assert 'noise' in note
+
+
 def test_bundled_examples_include_tail_classes():
     names = [Path(p).stem.split('_')[0] for p in example_images()]
     assert {'ship', 'truck', 'horse'} <= set(names) and {'airplane', 'automobile'} <= set(names)
@@ -124,6 +168,68 @@ def test_bad_upload_shows_message_and_server_keeps_serving(running_app, tmp_path
         client.predict(handle_file(str(bad)), api_name='/predict')
     ok = client.predict(handle_file(example_images()[0]), api_name='/predict')
     assert len(ok[0]['confidences']) == 5
+
+
+def test_predict_api_is_the_only_endpoint_and_keeps_its_signature(running_app):
+    """Clients rely on /predict: one file in, five values out (two Labels, JSON, two Markdowns)."""
+    from gradio_client import Client
+    api = Client(running_app, verbose=False).view_api(print_info=False, return_format='dict')
+    assert list(api['named_endpoints']) == ['/predict'] and not api['unnamed_endpoints']
+    predict = api['named_endpoints']['/predict']
+    assert [p['parameter_name'] for p in predict['parameters']] == ['image_path']
+    assert [r['component'] for r in predict['returns']] == ['Label', 'Label', 'Json', 'Markdown', 'Markdown']
+
+
+def test_bad_upload_logs_one_line_and_no_traceback(running_app, tmp_path, capfd, caplog):
+    from gradio_client import Client, handle_file
+    client = Client(running_app, verbose=False)
+    bad = tmp_path / 'broken.png'
+    bad.write_text('still not a PNG')
+    capfd.readouterr()
+    with caplog.at_level('WARNING', logger='mislas_timm.demo'):
+        with pytest.raises(Exception, match='not an image'):
+            client.predict(handle_file(str(bad)), api_name='/predict')
+    _, err = capfd.readouterr()
+    assert 'Traceback' not in err and 'gradio.exceptions.Error' not in err
+    records = [r for r in caplog.records if r.name == 'mislas_timm.demo']
+    assert len(records) == 1 and 'broken.png' in records[0].getMessage()
+    assert 'not an image' in records[0].getMessage() and '\n' not in records[0].getMessage()
+
+
+def test_app_server_log_has_one_line_per_bad_upload(demo_folders, tmp_path):
+    """python app.py as users run it: each refused upload is one stderr line, and the server keeps serving."""
+    from gradio_client import Client, handle_file
+    port = free_port()
+    log_file = tmp_path / 'server.log'
+    with open(log_file, 'w') as log:
+        server = subprocess.Popen([sys.executable, str(ROOT / 'app.py'), '--model', str(demo_folders[0]),
+                                   '--baseline', str(demo_folders[1]), '--port', str(port)],
+                                  stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE='1'))
+    try:
+        url = f'http://127.0.0.1:{port}/'
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=5)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, log_file.read_text()
+                time.sleep(1)
+        client = Client(url, verbose=False)
+        bad = tmp_path / 'fake.png'
+        bad.write_text('definitely not a PNG')
+        for _ in range(2):
+            with pytest.raises(Exception, match='not an image'):
+                client.predict(handle_file(str(bad)), api_name='/predict')
+        ok = client.predict(handle_file(example_images()[0]), api_name='/predict')
+        assert len(ok[0]['confidences']) == 5
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    lines = log_file.read_text().splitlines()
+    assert 'Traceback' not in log_file.read_text()
+    refused = [line for line in lines if 'refused an upload' in line]
+    assert len(refused) == 2 and all('fake.png' in line and 'not an image' in line for line in refused)
 
 
 def test_app_cli_unknown_model_is_one_line_error():

@@ -1,42 +1,147 @@
 """The running demo in a real browser: headless Debian Chromium driven by Playwright."""
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 
-from mislas_timm.demo import example_images
+from mislas_timm.demo import example_images, input_note, open_image, predict_pair
 
-from .demo_fixtures import demo_folders, demo_models, running_app  # noqa: F401  (fixtures)
+from .demo_fixtures import demo_folders, demo_models, running_app, write_png  # noqa: F401  (fixtures)
 
 CHROMIUM = '/usr/bin/chromium'
 ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
         '--disable-sync', '--no-first-run', '--disable-quic']
 
+# For every word of every header and cell of the top-5 table: how many line boxes it is drawn in
+# (2 or more: the word is broken mid-word), plus the computed styles that decide breaking.
+WORDS_JS = """() => {
+  const cells = Array.from(document.querySelectorAll('#top5-table th, #top5-table td'));
+  return cells.map(cell => {
+    const words = [];
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (const m of node.textContent.matchAll(/\\S+/g)) {
+        const range = document.createRange();
+        range.setStart(node, m.index);
+        range.setEnd(node, m.index + m[0].length);
+        words.push([m[0], range.getClientRects().length]);
+      }
+    }
+    const style = getComputedStyle(cell);
+    const full = document.createRange();
+    full.selectNodeContents(cell);
+    const tops = new Set(Array.from(full.getClientRects()).map(r => Math.round(r.top)));
+    return {tag: cell.tagName, text: cell.innerText.trim(), words: words, lines: tops.size,
+            wordBreak: style.wordBreak, overflowWrap: style.overflowWrap, hyphens: style.hyphens};
+  });
+}"""
+
+
+def _browser(p):
+    if not os.path.exists(CHROMIUM) and not shutil.which('chromium'):
+        pytest.fail('Debian chromium is missing: apt-get install -y chromium (the browser test needs it)')
+    return p.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which('chromium'),
+                             args=ARGS)
+
+
+def _open(page, url):
+    page.goto(url, wait_until='load')
+    page.get_by_text('Calibrated long-tailed recognition').wait_for(timeout=60_000)
+
 
 @pytest.mark.browser
-def test_page_predicts_in_chromium(running_app, demo_models, tmp_path):
-    if not shutil.which('chromium') and not shutil.os.path.exists(CHROMIUM):
-        pytest.fail('Debian chromium is missing: apt-get install -y chromium (the browser test needs it)')
+def test_example_click_predicts_at_once(running_app, demo_models, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    from mislas_timm.demo import open_image, predict_pair
     mislas, baselines = demo_models
-    ship = next(p for p in example_images() if 'ship' in p)
-    top_m, top_b, _, sentence, _ = predict_pair(mislas, baselines['CE baseline'], open_image(ship))
+    ship = next(p for p in example_images() if 'ship' in Path(p).name)
+    top_m, _, _, sentence, _ = predict_pair(mislas, baselines['CE baseline'], open_image(ship))
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={'width': 1280, 'height': 1400})
-        page.goto(running_app, wait_until='load')
-        page.get_by_text('Calibrated long-tailed recognition').wait_for(timeout=60_000)
-        page.set_input_files('input[type=file]', ship)
-        page.get_by_role('button', name='Predict').click()
+        browser = _browser(p)
+        page = browser.new_page(viewport={'width': 1280, 'height': 1000})
+        _open(page, running_app)
+        predict_button = page.get_by_role('button', name='Predict')
+        examples = page.locator('#examples')
+        # The examples sit right under the upload box, above the Predict button, without scrolling.
+        upload_box, examples_box, button_box = (page.locator('#upload').bounding_box(), examples.bounding_box(),
+                                                predict_button.bounding_box())
+        title_y = page.get_by_text('Calibrated long-tailed recognition').bounding_box()['y']
+        assert upload_box['y'] < examples_box['y'] < button_box['y']
+        assert examples_box['y'] + examples_box['height'] < 1000
+        thumbnails = examples.locator('button img')
+        assert thumbnails.count() == len(example_images())
+        examples.locator(f'button:has(img[src$="/{Path(ship).name}"])').click()  # and NOT Predict
         page.locator('#sentence').get_by_text('MiSLAS says').wait_for(timeout=30_000)
+        page.locator('#input-note').get_by_text('used as is').wait_for(timeout=30_000)
         shown = page.locator('#sentence').inner_text()
         table = page.locator('#top5-table').inner_text()
         label_m = page.locator('#label-mislas').inner_text()
+        upload = page.locator('#upload').inner_text()
+        note = page.locator('#input-note').inner_text()
+        classes = page.locator('#classes-note').inner_text()
+        page.locator('#preview img').wait_for(timeout=30_000)
+        page.wait_for_timeout(500)
+        # the result is on screen next to the examples already: the page does not jump
+        assert page.get_by_text('Calibrated long-tailed recognition').bounding_box()['y'] == title_y
         page.screenshot(path=str(tmp_path / 'demo.png'), full_page=True)
         browser.close()
     assert shown.strip() == sentence.replace('**', '').strip()
     best = max(top_m, key=top_m.get)
     assert best in label_m and best in table
     assert any(g in table for g in ('head', 'medium', 'tail'))
+    assert Path(ship).name in upload.replace('\n', '')  # the clicked example is now the input, for Predict or another baseline
+    assert note.strip() == input_note([mislas, baselines['CE baseline']], open_image(ship).size)
+    assert 'only the 10 CIFAR-10 classes' in classes
     assert (tmp_path / 'demo.png').stat().st_size > 10_000
+
+
+@pytest.mark.browser
+def test_narrow_window_upload_and_whole_words(running_app, demo_models, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    mislas, baselines = demo_models
+    big = write_png(tmp_path / 'big_upload.png', size=(400, 300))
+    top_m, _, _, sentence, _ = predict_pair(mislas, baselines['CE baseline'], open_image(str(big)))
+    expected_note = input_note([mislas, baselines['CE baseline']], (400, 300))
+    car = next(p for p in example_images() if 'automobile' in Path(p).name)
+    car_sentence = predict_pair(mislas, baselines['CE baseline'], open_image(car))[3]
+    assert 'resized from 400x300' in expected_note and car_sentence != sentence  # so the sentence changes
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={'width': 420, 'height': 900})
+        _open(page, running_app)
+        page.set_input_files('#upload input[type=file]', str(big))
+        page.locator('#preview img').wait_for(timeout=30_000)
+        page.get_by_role('button', name='Predict').click()
+        page.locator('#sentence').get_by_text('MiSLAS says').wait_for(timeout=30_000)
+        page.locator('#input-note').get_by_text('resized from 400x300').wait_for(timeout=30_000)
+        shown = page.locator('#sentence').inner_text()
+        note = page.locator('#input-note').inner_text()
+        # An example click from the top of the page: its result, below the Predict button at this width,
+        # is brought into view.
+        page.evaluate('() => window.scrollTo(0, 0)')
+        page.locator(f'#examples button:has(img[src$="/{Path(car).name}"])').click()
+        page.locator('#sentence').get_by_text(car_sentence.replace('**', '')).wait_for(timeout=30_000)
+        page.wait_for_function("() => { const r = document.querySelector('#sentence').getBoundingClientRect(); "
+                               "return r.top >= 0 && r.bottom <= window.innerHeight; }", timeout=10_000)
+        cells = page.evaluate(WORDS_JS)
+        fits = page.locator('#top5-table').evaluate('e => [e.scrollWidth, e.clientWidth]')
+        page_width = page.evaluate('() => document.documentElement.scrollWidth')
+        page.screenshot(path=str(tmp_path / 'demo_narrow.png'), full_page=True)
+        browser.close()
+    assert shown.strip() == sentence.replace('**', '').strip()
+    assert note.strip() == expected_note
+    headers = [c for c in cells if c['tag'] == 'TH']
+    assert [h['text'] for h in headers] == ['class', 'MiSLAS', 'baseline', 'group (training images)']
+    for cell in cells:
+        assert cell['wordBreak'] not in ('break-all', 'break-word') and cell['overflowWrap'] in ('normal',)
+        assert cell['hyphens'] != 'auto'
+        broken = [w for w, boxes in cell['words'] if boxes != 1]
+        assert not broken, f'{cell["text"]!r} is broken mid-word at 420 px: {broken}'
+    for header in headers:
+        if ' ' not in header['text']:
+            assert header['lines'] == 1, header
+    assert fits[0] <= fits[1] + 1, f'the top-5 table overflows its box at 420 px: {fits}'
+    assert page_width <= 420
+    assert (tmp_path / 'demo_narrow.png').stat().st_size > 10_000

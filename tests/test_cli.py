@@ -30,8 +30,8 @@ def test_build_config_flags_and_set():
     args = train.parse_args(['--preset', 'cifar10-lt-if100', '--output-dir', 'x', '--epochs', '3', '--data-seed', '7',
                              '--model', 'resnet56_cifar', '--set', 'stage1.epochs=4'])
     cfg = train.build_config(args)
-    assert cfg['stage1']['epochs'] == 4  # --set wins over --epochs
-    assert cfg['longtail']['data_seed'] == 7 and cfg['model']['arch'] == 'resnet56_cifar' and cfg['seed'] == 0
+    assert cfg.stage1.epochs == 4  # --set wins over --epochs
+    assert cfg.longtail.data_seed == 7 and cfg.model.arch == 'resnet56_cifar' and cfg.seed == 0
     args = train.parse_args(['--preset', 'imagenet-lt-r50', '--output-dir', 'x', '--data-seed', '1'])
     with pytest.raises(ConfigError, match='--data-seed'):
         train.build_config(args)

@@ -1,6 +1,6 @@
 import pytest
 
-from mislas_timm.config import ConfigError, apply_overrides, list_presets, load_preset
+from mislas_timm.config import ConfigError, TrainConfig, apply_overrides, list_presets, load_preset, parse_config
 
 PRESETS = ['cifar10-lt-if100', 'cifar10-lt-if50', 'cifar10-lt-if10', 'cifar100-lt-if100', 'cifar100-lt-if50',
            'cifar100-lt-if10', 'imagenet-lt-r50', 'inat2018-r50', 'places-lt-r152', 'cifar10-lt-if100-cpu']
@@ -57,8 +57,13 @@ def test_cpu_preset():
 def test_overrides():
     cfg = apply_overrides(load_preset('cifar10-lt-if100'), ['stage2.shift_bn=true', 'groups.rank_split=[2, 5]', 'stage1.lr=1e-3',
                                                            'longtail.n_max=null'])
-    assert cfg['stage2']['shift_bn'] is True and cfg['groups']['rank_split'] == [2, 5] and cfg['stage1']['lr'] == 1e-3
-    with pytest.raises(ConfigError, match="no key 'shfit_bn'"):
+    typed = parse_config(cfg)
+    assert typed.stage2.shift_bn is True and typed.groups.rank_split == [2, 5] and typed.stage1.lr == 1e-3
+    assert typed.longtail.n_max is None
+    # A key the schema knows may be set even where the preset does not list it (Places' trunk_weights).
+    assert parse_config(apply_overrides(cfg, ['model.trunk_weights=resnet18'])).model.trunk_weights == 'resnet18'
+    assert parse_config(apply_overrides(cfg, ['model.kwargs.drop_rate=0.1'])).model.kwargs == {'drop_rate': 0.1}
+    with pytest.raises(ConfigError, match="no key 'shfit_bn'.*did you mean 'shift_bn'"):
         apply_overrides(cfg, ['stage2.shfit_bn=true'])
     with pytest.raises(ConfigError, match='KEY=VALUE'):
         apply_overrides(cfg, ['stage2.shift_bn'])
@@ -68,8 +73,69 @@ def test_overrides():
 
 def test_lr_schedules():
     from mislas_timm.training import lr_multiplier
-    step = load_preset('cifar10-lt-if100')['stage1']
+    step = parse_config(load_preset('cifar10-lt-if100')).stage1
     assert [lr_multiplier(e, step) for e in (0, 4, 5, 159, 160, 179, 180, 199)] == \
         pytest.approx([0.2, 1.0, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
-    cos = load_preset('cifar10-lt-if100')['stage2']
+    cos = parse_config(load_preset('cifar10-lt-if100')).stage2
     assert lr_multiplier(0, cos) == 1.0 and lr_multiplier(5, cos) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize('name', PRESETS)
+def test_every_preset_parses_into_the_schema(name):
+    cfg = parse_config(load_preset(name))
+    assert isinstance(cfg, TrainConfig) and cfg.preset == name
+    assert cfg.data.eval_batch_size == load_preset(name)['data']['eval_batch_size']  # one default, the preset's
+    assert parse_config(cfg.to_dict()) == cfg  # round trip
+
+
+@pytest.mark.parametrize('override,needles', [
+    ('stage2.head=foo', ['stage2.head', "'foo'", 'mislas, lws, crt']),
+    ('stage2.loss=focal', ['stage2.loss', 'las, ce']),
+    ('stage1.loss=focal', ['stage1.loss', 'ce, balanced_softmax']),
+    ('stage2.las_shape=wavy', ['stage2.las_shape', 'concave']),
+    ('stage2.las_formulation=x', ['stage2.las_formulation', 'official, paper']),
+    ('stage1.schedule=linear', ['stage1.schedule', 'step, cosine']),
+    ('data.train_transform=autoaugment', ['data.train_transform', 'cifar, imagenet']),
+    ('stage1.lr=abc', ['stage1.lr', "'abc'", 'a number']),
+    ('stage1.lr=0', ['stage1.lr', '> 0']),
+    ('stage1.lr=-0.1', ['stage1.lr', '> 0']),
+    ('stage1.epochs=-3', ['stage1.epochs', '>= 1']),
+    ('stage1.epochs=2.5', ['stage1.epochs', 'whole number']),
+    ('stage2.batch_size=0', ['stage2.batch_size', '>= 1']),
+    ('stage2.smooth_head=1.5', ['stage2.smooth_head', '<= 1']),
+    ('stage2.smooth_tail=-0.1', ['stage2.smooth_tail', '>= 0']),
+    ('stage1.mixup_alpha=-1', ['stage1.mixup_alpha', '>= 0']),
+    ('stage1.momentum=1', ['stage1.momentum', '< 1']),
+    ('longtail.imb_factor=0.01', ['longtail.imb_factor', '>= 1']),
+    ('longtail.val_per_class=-1', ['longtail.val_per_class', '>= 0']),
+    ('stage2.shift_bn=maybe', ['stage2.shift_bn', 'true or false']),
+    ('runtime.mixed_precision=fp8', ['runtime.mixed_precision', 'auto, no, fp16, bf16']),
+    ('stage1.warmup_epochs=-1', ['stage1.warmup_epochs', '>= 0']),
+    ('stage1.milestones=[180, 160]', ['stage1.milestones', 'increasing']),
+    ('data.input_size=[3, 32]', ['data.input_size', '3 entries']),
+    ('stage2.las_shape=exp', ['stage2.las_power']),
+])
+def test_bad_values_are_refused_in_one_line(override, needles):
+    with pytest.raises(ConfigError) as info:
+        parse_config(apply_overrides(load_preset('cifar10-lt-if100'), [override]))
+    message = str(info.value)
+    assert '\n' not in message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_unknown_keys_in_a_config_file_are_refused(tmp_path):
+    from mislas_timm.config import load_config_file
+    path = tmp_path / 'typo.yaml'
+    path.write_text('base: cifar10-lt-if100\nstage2:\n  smoth_head: 0.2\n')
+    with pytest.raises(ConfigError, match=r"unknown config key stage2\.smoth_head: did you mean 'smooth_head'"):
+        parse_config(load_config_file(str(path)))
+    path.write_text('base: cifar10-lt-if100\nlearning_rate: 0.2\n')
+    with pytest.raises(ConfigError, match='unknown config key learning_rate'):
+        parse_config(load_config_file(str(path)))
+
+
+def test_yaml_no_means_the_string_no():
+    # YAML 1.1 reads a bare `no` as false; mixed_precision: no must still mean fp32.
+    cfg = parse_config(apply_overrides(load_preset('cifar10-lt-if100'), ['runtime.mixed_precision=no']))
+    assert cfg.runtime.mixed_precision == 'no'

@@ -27,7 +27,7 @@ import mislas_timm
 from mislas_timm.convert import convert_checkpoint, convert_to_hub_folder, load_reference_checkpoint, main
 
 ROOT = Path(__file__).resolve().parents[1]
-TOL = 1e-5
+TOL = 1e-5  # rtol and atol together: |a - b| <= 1e-5 + 1e-5 * |b|, relative for logits of any scale
 UNSAFE_MESSAGE = 'holds objects other than tensors and NumPy scalars'
 
 

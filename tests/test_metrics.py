@@ -1,11 +1,13 @@
 import math
 import time
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
 from mislas_timm import calibration_report, ece
-from mislas_timm.metrics import REPORT_KEYS, class_groups, reliability_bins
+from mislas_timm.metrics import REPORT_KEYS, adaptive_ece, check_probs, class_groups, classwise_ece, reliability_bins
 
 
 def loop_ece(probs, labels, n_bins=15):
@@ -86,3 +88,160 @@ def test_large_report_runs():
     counts = torch.randint(5, 1280, (1000,)).tolist()
     r = calibration_report(probs, labels, counts, [390, 835])
     assert len(r['per_class_top1']) == 1000 and 0 <= r['ece'] <= 1
+
+
+# --- adaptive and classwise ECE ------------------------------------------------------------------
+
+def loop_adaptive_ece(probs, labels, n_bins=15):
+    """Adaptive ECE by the definition: stable sort by confidence, numpy.array_split, loop over bins."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    conf, pred = probs.max(1), probs.argmax(1)
+    n = len(labels)
+    total = 0.0
+    for b in np.array_split(np.argsort(conf, kind='stable'), n_bins):
+        if len(b):
+            total += len(b) / n * abs(np.mean(pred[b] == labels[b]) - np.mean(conf[b]))
+    return total
+
+
+def loop_classwise_ece(probs, labels, n_bins=15):
+    """Classwise ECE by the definition: loops over classes and bins (lo, hi], p = 0 in the first bin."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    n, num_classes = probs.shape
+    per_class = []
+    for k in range(num_classes):
+        p, y = probs[:, k], (labels == k).astype(np.float64)
+        total = 0.0
+        for b in range(n_bins):
+            lo, hi = b / n_bins, (b + 1) / n_bins
+            mask = (p <= hi) if b == 0 else ((p > lo) & (p <= hi))
+            if mask.any():
+                total += mask.sum() / n * abs(y[mask].mean() - p[mask].mean())
+        per_class.append(total)
+    return float(np.mean(per_class))
+
+
+def random_case(n, num_classes, seed, dtype=torch.float32):
+    """Rows from sharp to nearly uniform (so some rows have many entries above 1/n_bins), with ties
+    in confidence (repeated rows), one-hot rows (p exactly 0 and 1) and a row with exact zeros."""
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.rand(n, 1, generator=g, dtype=torch.float64) * 6
+    probs = (torch.randn(n, num_classes, generator=g, dtype=torch.float64) * scale).softmax(1)
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    if n >= 6:
+        probs[n // 2:n // 2 + 3] = probs[0]  # three ties with row 0, different labels
+        probs[1] = 0.0
+        probs[1, labels[1]] = 1.0  # p exactly 1 (correct) and exactly 0
+        probs[2] = 0.0
+        probs[2, (labels[2] + 1) % num_classes] = 1.0  # p exactly 1, wrong
+        probs[3] = 0.0
+        probs[3, :2] = 0.5  # exact zeros, confidence 0.5 tied within the row
+        labels[3] = 0
+    return probs.to(dtype), labels
+
+
+CASES = [  # n, K, n_bins
+    (1, 2, 15), (5, 3, 15), (14, 4, 15), (15, 4, 15), (16, 4, 15), (50, 4, 10), (500, 10, 15),
+    (2000, 37, 15), (300, 100, 20), (400, 10, 20), (1000, 5, 1), (64, 8, 3), (257, 50, 100), (301, 2, 7),
+]
+
+
+@pytest.mark.parametrize('n,num_classes,n_bins', CASES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_adaptive_ece_matches_definition(n, num_classes, n_bins, dtype):
+    probs, labels = random_case(n, num_classes, seed=n + num_classes, dtype=dtype)
+    expected = loop_adaptive_ece(probs.numpy(), labels.numpy(), n_bins)
+    assert adaptive_ece(probs, labels, n_bins) == pytest.approx(expected, rel=1e-6, abs=1e-15)
+    assert adaptive_ece(probs.numpy(), labels.numpy(), n_bins) == pytest.approx(expected, rel=1e-6, abs=1e-15)
+
+
+@pytest.mark.parametrize('n,num_classes,n_bins', CASES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_classwise_ece_matches_definition(n, num_classes, n_bins, dtype):
+    probs, labels = random_case(n, num_classes, seed=n + num_classes, dtype=dtype)
+    expected = loop_classwise_ece(probs.numpy(), labels.numpy(), n_bins)
+    assert classwise_ece(probs, labels, n_bins) == pytest.approx(expected, rel=1e-6, abs=1e-15)
+    assert classwise_ece(probs.numpy(), labels.numpy(), n_bins) == pytest.approx(expected, rel=1e-6, abs=1e-15)
+
+
+def test_classwise_ece_rows_with_many_upper_entries():
+    # Rows with more than 5 entries above 1/n_bins are binned from the whole row, not from the top 5.
+    probs, labels = random_case(400, 10, seed=3)
+    assert int(((probs > 1 / 20).sum(1) > 5).sum()) > 20
+    assert classwise_ece(probs, labels, 20) == pytest.approx(loop_classwise_ece(probs.numpy(), labels.numpy(), 20),
+                                                             rel=1e-6)
+
+
+def test_adaptive_and_classwise_hand_computed():
+    # 4 samples, 2 bins of 2 after sorting by confidence [0.6, 0.6 | 0.8, 0.9]
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2], [0.4, 0.6]], dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1])
+    # low bin: rows 1, 3: acc 1, conf 0.6; high bin: rows 2, 0: acc 0.5, conf 0.85
+    assert adaptive_ece(probs, labels, n_bins=2) == pytest.approx(0.5 * 0.4 + 0.5 * 0.35)
+    # class 0, bins (0, .5], (.5, 1]: p_0 = [.9, .6, .8, .4]; low {.4}: y=0 vs .4; high {.9,.6,.8}: 2/3 vs .7667
+    ece_0 = 1 / 4 * 0.4 + 3 / 4 * abs(2 / 3 - (0.9 + 0.6 + 0.8) / 3)
+    # class 1: p_1 = [.1, .4, .2, .6]; low {.1,.4,.2}: 1/3 vs .2333; high {.6}: 1 vs .6
+    ece_1 = 3 / 4 * abs(1 / 3 - 0.7 / 3) + 1 / 4 * 0.4
+    assert classwise_ece(probs, labels, n_bins=2) == pytest.approx((ece_0 + ece_1) / 2)
+
+
+def test_calibrated_small_overconfident_large():
+    g = torch.Generator().manual_seed(0)
+    n, num_classes = 50000, 5
+    probs = (torch.randn(n, num_classes, generator=g, dtype=torch.float64) * 1.5).softmax(1)
+    labels = torch.multinomial(probs, 1, generator=g).squeeze(1)  # y ~ p: perfectly calibrated
+    sharp = (probs.log() * 3).softmax(1)  # same labels, over-confident probabilities
+    for fn in (ece, adaptive_ece, classwise_ece):
+        calibrated, overconfident = fn(probs, labels), fn(sharp, labels)
+        assert calibrated < 0.015, fn.__name__
+        assert overconfident > 0.05, fn.__name__
+        assert overconfident > 10 * calibrated, fn.__name__
+
+
+def test_report_has_adaptive_and_classwise():
+    probs, labels = random_case(3000, 200, seed=7)
+    r = calibration_report(probs, labels, n_bins=15)
+    assert {'adaptive_ece', 'classwise_ece'} <= set(REPORT_KEYS)
+    assert r['adaptive_ece'] == pytest.approx(adaptive_ece(probs, labels), rel=1e-9)  # row 3's tie: first max
+    assert r['ece'] == pytest.approx(ece(probs, labels), rel=1e-9)
+    assert r['classwise_ece'] == pytest.approx(loop_classwise_ece(probs.numpy(), labels.numpy()), rel=1e-6)
+    assert 0 <= r['classwise_ece'] <= 1 and 0 <= r['adaptive_ece'] <= 1
+    r64 = calibration_report(probs.double(), labels)  # float64 input is not rounded to float32 first
+    assert r64['ece'] == pytest.approx(ece(probs.double(), labels), rel=1e-12)
+
+
+def test_requires_grad_tensors_give_no_warning():
+    logits = torch.randn(64, 6, requires_grad=True)
+    probs = logits.softmax(1)
+    labels = torch.randint(0, 6, (64,))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        values = [ece(probs, labels), adaptive_ece(probs, labels), classwise_ece(probs, labels)]
+        report = calibration_report(probs, labels, class_counts=[50, 40, 30, 20, 10, 5], rank_split=[2, 4])
+        reliability_bins(probs, labels)
+        check_probs(probs, labels)
+    assert values == pytest.approx([report['ece'], report['adaptive_ece'], report['classwise_ece']], rel=1e-12)
+    assert probs.requires_grad and probs.grad_fn is not None  # the input is left as it was
+
+
+@pytest.mark.parametrize('fn', [ece, adaptive_ece, classwise_ece, calibration_report, reliability_bins])
+@pytest.mark.parametrize('as_numpy', [False, True])
+def test_logits_refused_with_one_line_message(fn, as_numpy):
+    logits = torch.randn(32, 5) * 3
+    labels = torch.randint(0, 5, (32,))
+    if as_numpy:
+        logits, labels = logits.numpy(), labels.numpy()
+    with pytest.raises(ValueError, match='probabilities') as info:
+        fn(logits, labels)
+    message = str(info.value)
+    assert '\n' not in message and 'softmax' in message
+
+
+def test_other_inputs_refused():
+    probs, labels = random_case(10, 3, seed=0)
+    with pytest.raises(TypeError, match='numpy array'):
+        adaptive_ece(probs.tolist(), labels)
+    with pytest.raises(ValueError, match='n_bins'):
+        classwise_ece(probs, labels, n_bins=0)
+    with pytest.raises(ValueError, match='integer'):
+        classwise_ece(probs, labels.float())

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from .hf import DataError, to_model_mode
+from .hf import DECODE_ERRORS, DataError, find_undecodable_row, image_error, to_model_mode
 
 __all__ = ['DecodedImages', 'crop_flip_normalize', 'BatchCropFlip', 'BATCH_TRANSFORMS', 'resolve_decode_once']
 
@@ -44,6 +44,35 @@ def resolve_decode_once(requested: Any, train_transform: str, num_images: int, i
     return supported and num_images * c * h * w <= MAX_DECODED_BYTES
 
 
+def _decoded(ds, index: int, image_column: str):
+    """Row ``index``'s image; a DataError naming the row if it does not decode."""
+    try:
+        return ds[index][image_column]
+    except DataError:
+        raise
+    except DECODE_ERRORS as err:
+        raise image_error(ds, index, image_column, err) from None
+
+
+def _images(ds, image_column: str):
+    """The images of ``ds`` in order (the fast column iterator); a DataError naming the first bad row."""
+    done = 0
+    iterator = iter(ds[image_column])
+    while True:
+        try:
+            image = next(iterator)
+        except StopIteration:
+            return
+        except DataError:
+            raise
+        except DECODE_ERRORS as err:
+            found = find_undecodable_row(ds, image_column, done)  # the column may decode ahead: find the row
+            row, cause = found if found is not None else (done, err)
+            raise image_error(ds, row, image_column, cause) from None
+        yield image
+        done += 1
+
+
 class DecodedImages(TorchDataset):
     """All images of a HF data set decoded once: items are (uint8 tensor C x H x W, label).
 
@@ -54,7 +83,7 @@ class DecodedImages(TorchDataset):
                  size: Optional[Tuple[int, int]] = None):
         from PIL import Image
 
-        first = to_model_mode(ds[0][image_column], in_chans)
+        first = to_model_mode(_decoded(ds, 0, image_column), in_chans)
         h, w = size if size is not None else (first.size[1], first.size[0])
         need = len(ds) * in_chans * h * w
         if need > MAX_DECODED_BYTES:
@@ -62,7 +91,7 @@ class DecodedImages(TorchDataset):
                             'set data.decode_once=false for this data set')
         pixels = np.empty((len(ds), h, w, in_chans), dtype=np.uint8)
         self.resized = 0
-        for i, image in enumerate(ds[image_column]):
+        for i, image in enumerate(_images(ds, image_column)):
             image = to_model_mode(image, in_chans)
             if image.size != (w, h):
                 if size is None:

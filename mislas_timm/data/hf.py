@@ -18,7 +18,8 @@ from torchvision import transforms as T
 __all__ = [
     'DataError', 'load_split', 'dataset_from_split_list', 'resolve_columns', 'label_names',
     'labels_of', 'ImageClassificationView', 'TRAIN_TRANSFORMS', 'build_train_transform',
-    'build_eval_transform', 'to_model_mode',
+    'build_eval_transform', 'to_model_mode', 'check_parquet_files', 'check_arrow_files', 'image_error',
+    'find_undecodable_row', 'source_row', 'DECODE_ERRORS',
 ]
 
 IMAGE_COLUMNS = ('img', 'image', 'pixel_values', 'jpg', 'png')
@@ -26,7 +27,117 @@ LABEL_COLUMNS = ('label', 'labels', 'fine_label', 'cls', 'class', 'target')
 
 
 class DataError(ValueError):
-    """A data set problem with a one-line message that names the fix."""
+    """A data set problem with a one-line message that names the fix.
+
+    Raised in a DataLoader worker, torch re-raises it in the main process as
+    ``DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback ...")``;
+    the constructor keeps only the original one-line message then.
+    """
+
+    def __init__(self, message='', *args):
+        if isinstance(message, str) and message.startswith('Caught DataError') and 'Traceback' in message:
+            message = _original_message(message)
+        super().__init__(message, *args)
+
+
+def _original_message(wrapped: str) -> str:
+    """The message of the last ``...DataError: message`` line of a formatted traceback."""
+    for line in reversed(wrapped.strip().splitlines()):
+        head, sep, tail = line.partition('DataError: ')
+        if sep and not head.startswith(' '):
+            return tail.strip()
+    return wrapped.strip().splitlines()[-1]
+
+
+def _one_line(err: BaseException, limit: int = 200) -> str:
+    """An error's message on one line of printable characters, at most ``limit`` long."""
+    text = ''.join(ch if ch.isprintable() else ' ' for ch in str(err))
+    text = ' '.join(text.split()) or type(err).__name__
+    return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+def _data_files(folder: Path, suffix: str) -> List[Path]:
+    """Files ending in ``suffix`` under ``folder``, sorted, without hidden ones (as ``datasets`` skips them)."""
+    return sorted(p for p in folder.rglob(f'*{suffix}') if p.is_file()
+                  and not any(part.startswith(('.', '__')) for part in p.relative_to(folder).parts))
+
+
+def _why_not_parquet(path: Path) -> str:
+    """What is wrong with a parquet file whose footer cannot be read."""
+    try:
+        size = path.stat().st_size
+        with open(path, 'rb') as f:
+            head = f.read(64)
+    except OSError as err:
+        return f'cannot be read ({_one_line(err)})'
+    if size == 0:
+        return 'is empty (0 bytes)'
+    if head.startswith(b'version https://git-lfs'):
+        return 'is a Git LFS pointer, not the data (run `git lfs pull` in the data set\'s clone)'
+    if head.lstrip().startswith((b'<', b'{')):
+        return 'is not a parquet file (it holds text / HTML: a failed download?)'
+    if not head.startswith(b'PAR1'):
+        return 'is not a parquet file (no PAR1 magic bytes at its start)'
+    return f'is truncated or corrupt ({size} bytes, no parquet footer)'
+
+
+def check_parquet_files(folder: Path, deep: bool = False) -> None:
+    """DataError naming the first parquet file under ``folder`` that pyarrow cannot read.
+
+    Checks each file's footer (cheap: the metadata only); ``deep`` also reads every row group
+    (for damage inside a file whose footer is intact)."""
+    import pyarrow.parquet as pq
+
+    for path in _data_files(folder, '.parquet'):
+        try:
+            meta = pq.read_metadata(path)
+        except Exception:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError / others for bad files
+            raise DataError(f'data file {path} {_why_not_parquet(path)}: download it again or remove it from '
+                            f'{folder}') from None
+        if deep:
+            try:
+                f = pq.ParquetFile(path)
+                for g in range(meta.num_row_groups):
+                    f.read_row_group(g)
+            except Exception as err:  # noqa: BLE001
+                raise DataError(f'data file {path} is corrupt (row group {g}: {_one_line(err, 120)}): download it '
+                                f'again or remove it from {folder}') from None
+
+
+def check_arrow_files(folder: Path) -> None:
+    """DataError naming the first Arrow file of a ``save_to_disk`` folder that pyarrow cannot read."""
+    import pyarrow as pa
+
+    for path in _data_files(folder, '.arrow'):
+        try:
+            with pa.memory_map(str(path)) as source:
+                try:
+                    pa.ipc.open_stream(source).read_all()
+                except pa.ArrowInvalid:
+                    source.seek(0)
+                    pa.ipc.open_file(source).read_all()
+        except Exception as err:  # noqa: BLE001
+            raise DataError(f'data file {path} is truncated or corrupt ({_one_line(err, 120)}): re-create {folder} '
+                            '(save_to_disk) or download the data set again') from None
+
+
+class _Quiet:
+    """Silence the ``datasets`` parquet builder's own error lines (the DataError names the file instead)."""
+
+    NAMES = ('datasets.packaged_modules.parquet.parquet',)
+
+    def __enter__(self):
+        import logging
+
+        self.saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in self.NAMES]
+        for logger, _ in self.saved:
+            logger.setLevel(logging.CRITICAL)
+        return self
+
+    def __exit__(self, *exc):
+        for logger, level in self.saved:
+            logger.setLevel(level)
+        return False
 
 
 def _is_save_to_disk(path: Path) -> bool:
@@ -40,7 +151,17 @@ def load_split(source: str, split: str):
     path = Path(os.path.expanduser(source))
     try:
         if path.is_dir() and _is_save_to_disk(path):
-            loaded = datasets.load_from_disk(str(path))
+            try:
+                loaded = datasets.load_from_disk(str(path))
+            except (OSError, ValueError, EOFError) as err:
+                if isinstance(err, DataError):
+                    raise
+                if isinstance(err, FileNotFoundError) and err.filename:
+                    raise DataError(f'data file {err.filename} of {source} is missing: re-create the folder '
+                                    '(save_to_disk) or download the data set again') from None
+                check_arrow_files(path)
+                raise DataError(f'cannot load {source} ({type(err).__name__}: {_one_line(err, 120)}); re-create it '
+                                '(save_to_disk) or download the data set again') from None
             if isinstance(loaded, datasets.DatasetDict):
                 if split not in loaded:
                     raise DataError(f'split {split!r} not in {source} (has {sorted(loaded)}); pass --split / the preset\'s split names')
@@ -49,7 +170,17 @@ def load_split(source: str, split: str):
         if path.exists():
             if not path.is_dir():
                 raise DataError(f'{source} is a file; pass a data set folder (parquet files, save_to_disk or image folder) or a Hub id')
-            return datasets.load_dataset(str(path), split=split)
+            check_parquet_files(path)
+            try:
+                with _Quiet():
+                    return datasets.load_dataset(str(path), split=split)
+            except Exception as err:  # noqa: BLE001 - a bad file surfaces as DatasetGenerationError, ArrowInvalid, ...
+                if isinstance(err, DataError) or not _is_file_damage(err):
+                    raise
+                check_parquet_files(path, deep=True)
+                raise DataError(f'cannot read the data files of {source} ({type(_root_cause(err)).__name__}: '
+                                f'{_one_line(_root_cause(err), 150)}); check its files (download a damaged one '
+                                'again)') from None
         if source.count('/') > 1 or source.startswith(('.', '/', '~')):
             raise DataError(f'data set folder {source} does not exist; check the path')
         return datasets.load_dataset(source, split=split)
@@ -68,6 +199,24 @@ def load_split(source: str, split: str):
             raise DataError(f'unknown data set {source!r}: not a local folder and not loadable from the Hub '
                             f'({type(err).__name__}: {err})') from None
         raise
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    seen = set()
+    while (err.__cause__ or err.__context__) is not None and id(err) not in seen:
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return err
+
+
+def _is_file_damage(err: BaseException) -> bool:
+    """Whether a ``load_dataset`` failure looks like a damaged data file (not a split / config problem)."""
+    import pyarrow as pa
+
+    chain = [err, _root_cause(err), err.__cause__]
+    if any(isinstance(e, (pa.ArrowException, OSError, EOFError)) for e in chain if e is not None):
+        return True
+    return type(err).__name__ in ('DatasetGenerationError',)
 
 
 def _looks_offline(err: Exception) -> bool:
@@ -147,6 +296,59 @@ def to_model_mode(image: Image.Image, in_chans: int = 3) -> Image.Image:
     return image.convert(mode)
 
 
+# What PIL / datasets raise for bytes that are no (complete) image, or a missing image file.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def source_row(ds, index: int) -> int:
+    """The row of the loaded split that row ``index`` of ``ds`` (maybe a ``select`` view) comes from.
+
+    ``datasets`` keeps an index mapping for a ``select`` of scattered rows (long-tail views, shifted
+    test sets); a contiguous range is sliced without one, and then the view's own row is returned."""
+    indices = getattr(ds, '_indices', None)
+    if indices is not None:
+        try:
+            return int(indices.column(0)[int(index)].as_py())
+        except Exception:  # noqa: BLE001 - a private attribute of datasets: fall back to the view's row
+            pass
+    return int(index)
+
+
+def image_error(ds, index: int, column: str, err: BaseException) -> DataError:
+    """The one-line DataError for an image that does not decode: names the row, column, file and problem."""
+    where = f'row {source_row(ds, index)} of column {column!r}'
+    split = getattr(ds, 'split', None)
+    if split:
+        where += f' (split {split})'
+    try:
+        import datasets
+
+        raw = ds.cast_column(column, datasets.Image(decode=False))[int(index)][column]
+        path = raw.get('path') if isinstance(raw, dict) else None
+        if path and (raw.get('bytes') is None or Path(path).exists()):
+            where += f', file {path}'
+    except Exception:  # noqa: BLE001 - the file name is a courtesy
+        pass
+    if isinstance(err, FileNotFoundError):
+        return DataError(f'{where}: image file not found ({_one_line(err, 120)}): restore the file or remove the row')
+    from PIL import UnidentifiedImageError
+
+    why = 'not a known image format' if isinstance(err, UnidentifiedImageError) else _one_line(err, 120)
+    return DataError(f'{where} is not a decodable image ({type(err).__name__}: {why}): remove or fix it')
+
+
+def find_undecodable_row(ds, column: str, start: int = 0):
+    """(row index, error) of the first row at or after ``start`` whose image does not decode, else None."""
+    for i in range(int(start), len(ds)):
+        try:
+            ds[i][column]
+        except DECODE_ERRORS as err:
+            if isinstance(err, DataError):
+                raise
+            return i, err
+    return None
+
+
 class ImageClassificationView(TorchDataset):
     """A torch view of a HF data set: (transformed image tensor, label)."""
 
@@ -161,7 +363,12 @@ class ImageClassificationView(TorchDataset):
         return len(self.ds)
 
     def __getitem__(self, index: int):
-        row = self.ds[int(index)]
+        try:
+            row = self.ds[int(index)]
+        except DataError:
+            raise
+        except DECODE_ERRORS as err:
+            raise image_error(self.ds, int(index), self.image_column, err) from None
         image = row[self.image_column]
         if not isinstance(image, Image.Image):
             raise DataError(f'column {self.image_column!r} does not hold images (got {type(image).__name__}); '

@@ -8,12 +8,12 @@ choice per class (the reference's ``np.random.seed(0)`` + per-class shuffle, rep
 from __future__ import annotations
 
 import hashlib
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ['LONGTAIL_PROFILES', 'longtail_counts', 'longtail_indices', 'validation_split', 'split_sha256',
-           'class_counts']
+__all__ = ['LONGTAIL_PROFILES', 'longtail_counts', 'longtail_indices', 'validation_split', 'longtail_view',
+           'split_sha256', 'class_counts']
 
 LONGTAIL_PROFILES = ('exp', 'step')
 
@@ -116,6 +116,23 @@ def validation_split(labels: Sequence[int], kept: Sequence[int], val_per_class: 
     out = np.concatenate(moved) if moved else np.zeros(0, dtype=np.int64)
     train = kept[~np.isin(kept, out)]
     return train, np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
+
+
+def longtail_view(labels: Sequence[int], num_classes: int, imb_factor: Optional[float], profile: str = 'exp',
+                  data_seed: int = 0, n_max: Optional[int] = None,
+                  val_per_class: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """(training indices, validation indices) of a balanced training split: the long-tail view
+    (:func:`longtail_counts` with n_max = the largest class unless given, then
+    :func:`longtail_indices`) and its held-out validation images (:func:`validation_split`).
+    ``imb_factor`` None keeps the whole split. The one place both ``train.py`` and the post-hoc
+    calibration CLI build the view, so a model's recorded checksums can be reproduced."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if imb_factor:
+        n_max = n_max or max(class_counts(labels, num_classes))
+        kept = longtail_indices(labels, longtail_counts(int(n_max), num_classes, imb_factor, profile), data_seed)
+    else:
+        kept = np.arange(len(labels))
+    return validation_split(labels, kept, int(val_per_class or 0), data_seed)
 
 
 def split_sha256(indices: Sequence[int]) -> str:

@@ -36,6 +36,47 @@ def _stage1_command(mislas: Dict[str, Any]) -> list:
     return ['# stage 1', stage1['command'], '# stage 2']
 
 
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return 'not recorded'
+    minutes = float(seconds) / 60
+    return f'{minutes / 60:.2f} h' if minutes >= 90 else f'{minutes:.1f} min'
+
+
+def _stage_rows(name: str, info: Dict[str, Any]) -> list:
+    runtime = info.get('runtime') or {}
+    recipe = info.get('recipe') or {}
+    precision = runtime.get('mixed_precision')
+    precision = {'no': 'fp32', None: 'not recorded'}.get(precision, precision)
+    return [f'| {name} | {_duration(info.get("train_time_s"))} | {info.get("device") or "not recorded"} '
+            f'| {precision} | {", ".join(f"{k} {v}" for k, v in recipe.items())} |']
+
+
+def _training_section(mislas: Dict[str, Any], command: str) -> list:
+    """Data, per-stage recipe / wall time / device, and the commands (stage 1 first for a stage-2 model)."""
+    data_note = mislas.get('data_note') or f'`{mislas.get("dataset")}`'
+    lines = [
+        f'- preset: `{mislas.get("preset", "n/a")}`; stage: {mislas.get("stage", "n/a")}; training seed '
+        f'{mislas.get("seed", "n/a")}',
+        f'- data: {data_note}; long-tail view with imbalance factor {mislas.get("imb_factor")}, data seed '
+        f'{mislas.get("data_seed")}, kept-indices sha256 `{mislas.get("split_sha256")}`',
+        f'- training images per class: {mislas.get("class_counts")}',
+    ]
+    if mislas.get('val_sha256'):
+        lines.append(f'- validation: {mislas.get("val_per_class")} images per class held out of the training split '
+                     f'(never the test split), sha256 `{mislas["val_sha256"]}`')
+    stages = []
+    if mislas.get('stage') == 2 and mislas.get('stage1'):
+        stages.append(('stage 1', mislas['stage1']))
+    stages.append((f'stage {mislas.get("stage", "?")}', mislas))
+    lines += ['', '| stage | wall time | device | precision | recipe |', '|---|---|---|---|---|']
+    for name, info in stages:
+        lines += _stage_rows(name, info)
+    lines += ['', 'Commands (run from a clone of mislas-timm; `--resume` continues a stopped run):', '',
+              '```bash', *_stage1_command(mislas), command, '```', '']
+    return lines
+
+
 def _default_summary(mislas: Dict[str, Any]) -> str:
     """What the model is, from the recipe recorded in config.json."""
     recipe = mislas.get('recipe') or {}
@@ -125,11 +166,7 @@ def render_card(config: Dict[str, Any], metrics: Dict[str, Any], context: Dict[s
         'print(model.pretrained_cfg["label_names"][int(probs.argmax())], float(probs.max()))',
         '```', '',
         '## Training', '',
-        f'- preset: `{mislas.get("preset", context.get("preset", "n/a"))}`; stage: {mislas.get("stage", "n/a")}',
-        f'- data: long-tail view with imbalance factor {mislas.get("imb_factor")}, data seed '
-        f'{mislas.get("data_seed")}, kept-indices sha256 `{mislas.get("split_sha256")}`',
-        f'- training images per class: {mislas.get("class_counts")}',
-        '- command:', '', '```bash', *_stage1_command(mislas), recipe, '```', '',
+        *_training_section(mislas, recipe),
         '## Limitations', '',
     ]
     limitations = limitations or [

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from timm.layers import create_classifier
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from .pretrained_tags import default_cfg_overrides
+
 __all__ = ['CifarResNet', 'checkpoint_filter_fn']
 
 # The reference code's normalisation constants (its std is not CIFAR's true std; converted
@@ -170,7 +172,11 @@ def _cfg(**kwargs) -> Dict[str, Any]:
     }
 
 
+# Published weights first (see pretrained_tags.py: an architecture's first tag is the default of its
+# bare name), then the weightless 'untrained' cfg every architecture has.
 default_cfgs = generate_default_cfgs({
+    **{name: _cfg(**overrides) for arch in ('resnet20_cifar', 'resnet32_cifar', 'resnet44_cifar', 'resnet56_cifar',
+                                            'resnet110_cifar') for name, overrides in default_cfg_overrides(arch).items()},
     'resnet20_cifar.untrained': _cfg(),
     'resnet32_cifar.untrained': _cfg(),
     'resnet44_cifar.untrained': _cfg(),

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The long training runs behind the zoo and BENCHMARKS.md, as they were started on the 2-core CPU
+# machines: each in the background, one thread each (two at a time share the 2 cores), always with
+# --resume so that the same line continues a stopped run from its last complete epoch.
+#
+#   benchmarks/paper_runs.sh CODE_DIR DATA_DIR RUNS_DIR NAME
+#
+# CODE_DIR: a checkout frozen at one commit (git worktree add), so later edits do not change a
+# running job; DATA_DIR: CIFAR-10 in the uoft-cs/cifar10 schema; RUNS_DIR: outside the repository.
+set -euo pipefail
+code=${1:?CODE_DIR}; data=${2:?DATA_DIR}; runs=${3:?RUNS_DIR}; name=${4:?NAME}
+py=${PYTHON:-python}
+case "$name" in
+  if100-mixup)  args=(--preset cifar10-lt-if100) ;;                                  # stage 1 mixup + MiSLAS stage 2
+  if100-ce)     args=(--preset cifar10-lt-if100 --stage 1 --set stage1.mixup_alpha=0) ;;
+  if50-mixup)   args=(--preset cifar10-lt-if50) ;;
+  if10-mixup)   args=(--preset cifar10-lt-if10) ;;
+  if100-bsm-mixup) args=(--preset cifar10-lt-if100 --set stage1.loss=balanced_softmax) ;;
+  cpu-fp32)     args=(--preset cifar10-lt-if100-cpu --mixed-precision no) ;;           # equal-budget precision ablation
+  cpu-bf16)     args=(--preset cifar10-lt-if100-cpu --mixed-precision bf16) ;;
+  *) echo "unknown run $name" >&2; exit 2 ;;
+esac
+mkdir -p "$runs/$name"
+cd "$code"
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONPATH="$code" nohup "$py" train.py "${args[@]}" --dataset "$data" \
+  --output-dir "$runs/$name" --resume >> "$runs/$name.out" 2>&1 &
+echo "started $name (pid $!): tail -f $runs/$name/train.log"
