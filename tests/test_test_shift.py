@@ -18,6 +18,7 @@ from mislas_timm.hub import load_model, save_hub_folder
 from mislas_timm.metrics import REPORT_KEYS
 
 from .conftest import TINY_CLASSES
+from .test_training import one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', OMP_NUM_THREADS='1')
@@ -146,15 +147,6 @@ def tiny_models(tmp_path_factory):
 def evaluator(*args, timeout=300):
     return subprocess.run([sys.executable, '-m', 'mislas_timm.evaluate', *map(str, args)], capture_output=True,
                           text=True, env=ENV, cwd=ROOT, timeout=timeout)
-
-
-def one_line_error(result, *needles):
-    assert result.returncode == 2, result.stderr[-2000:]
-    err = result.stderr.strip()
-    assert 'Traceback' not in err and err.count('\n') == 0, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def test_evaluate_shifts_equals_evaluating_each_subset(tiny_models, tiny_dataset_dir):

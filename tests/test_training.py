@@ -326,3 +326,28 @@ def test_zoo_build_publishes_without_machine_paths(full_run, tiny_dataset_dir, t
     x = torch.randn(2, 3, 16, 16)
     published = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
     assert torch.equal(published(x), mislas_timm.load_model(str(full_run / 'stage2'))(x))
+
+
+@pytest.mark.parametrize('args,needles', [
+    (['--set', 'stage2.head=foo'], ['stage2.head', "'foo'", 'mislas, lws, crt']),
+    (['--set', 'stage1.lr=abc'], ['stage1.lr', "'abc'", 'a number']),
+    (['--epochs', '-3'], ['stage1.epochs', '>= 1']),
+    (['--set', 'stage2.loss=focal'], ['stage2.loss', 'las, ce']),
+    (['--set', 'longtail.imb_factor=100'], ['imb_factor=100', 'leaves classes [3] with 0 images']),
+])
+def test_bad_configuration_stops_before_any_work(tiny_config_file, tmp_path, args, needles):
+    out = tmp_path / 'bad'
+    one_line_error(train('--config', tiny_config_file, '--output-dir', out, *args, check=False), *needles)
+    # Nothing trained or checkpointed: at most the log of the failed start.
+    assert not out.exists() or sorted(p.name for p in out.iterdir()) == ['train.log']
+
+
+def test_typo_in_a_config_file_is_refused(tiny_config_file, tmp_path):
+    typo = tmp_path / 'typo.yaml'
+    typo.write_text(tiny_config_file.read_text() + '\nsmoothing: {smoth_head: 0.2}\n')
+    one_line_error(train('--config', typo, '--output-dir', tmp_path / 'out', check=False),
+                   'unknown config key smoothing')
+    typo.write_text(tiny_config_file.read_text().replace('stage2: {', 'stage2: {smoth_head: 0.2, '))
+    one_line_error(train('--config', typo, '--output-dir', tmp_path / 'out', check=False),
+                   'unknown config key stage2.smoth_head', "did you mean 'smooth_head'")
+    assert not (tmp_path / 'out').exists()
