@@ -124,7 +124,7 @@ def test_narrow_window_upload_and_whole_words(running_app, demo_models, tmp_path
         page.locator(f'#examples button:has(img[src$="/{Path(car).name}"])').click()
         page.locator('#sentence').get_by_text(car_sentence.replace('**', '')).wait_for(timeout=30_000)
         page.wait_for_function("() => { const r = document.querySelector('#sentence').getBoundingClientRect(); "
-                               "return r.top >= 0 && r.bottom <= window.innerHeight; }", timeout=10_000)
+                               "return r.top >= 0 && r.bottom <= window.innerHeight; }", timeout=30_000)
         cells = page.evaluate(WORDS_JS)
         fits = page.locator('#top5-table').evaluate('e => [e.scrollWidth, e.clientWidth]')
         page_width = page.evaluate('() => document.documentElement.scrollWidth')
