@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from .models.pretrained_tags import HUB_ORG, PRETRAINED_TAGS
 
 __all__ = ['ZooEntry', 'ZOO', 'ZOO_DIR', 'PAPER', 'names', 'get', 'shipped', 'table', 'markdown_table', 'verify',
-           'build', 'public_command', 'public_meta']
+           'build', 'public_command', 'public_meta', 'stage1_epochs']
 
 # The repository's model_cards/ (an editable install keeps it beside the package);
 # MISLAS_ZOO_DIR points elsewhere, e.g. a copy next to a wheel install.
@@ -99,26 +99,35 @@ def shipped() -> List[ZooEntry]:
     return [entry for entry in ZOO if (entry.folder / 'config.json').is_file()]
 
 
+def stage1_epochs(mislas: Dict[str, Any]) -> Optional[int]:
+    """The stage-1 epochs a zoo model was trained with (its own recipe, or its stage 1's for a stage-2 model)."""
+    recipe = ((mislas.get('stage1') or {}).get('recipe') if mislas.get('stage') == 2 else mislas.get('recipe')) or {}
+    return recipe.get('epochs')
+
+
 def table() -> List[Dict]:
     """One row per shipped model: name, hub_id, folder, description, top1, ece (fractions), paper (%)."""
     rows = []
     for entry in shipped():
         metrics = entry.metrics() or {}
+        mislas = json.loads((entry.folder / 'config.json').read_text()).get('mislas') or {}
         rows.append({'name': entry.name, 'hub_id': entry.hub_id, 'folder': str(entry.folder),
                      'description': entry.description, 'top1': metrics.get('top1'), 'ece': metrics.get('ece'),
-                     'paper': PAPER.get(entry.name)})
+                     'paper': PAPER.get(entry.name), 'stage1_epochs': stage1_epochs(mislas)})
     return rows
 
 
 def markdown_table() -> str:
     """The README table (numbers in percent, read from each folder's metrics.json; the paper's beside)."""
-    lines = ['| model | top-1 (%) | ECE (%) | paper top-1 / ECE (%) | what it is |', '|---|---|---|---|---|']
+    lines = ['| model | stage-1 epochs | top-1 (%) | ECE (%) | paper top-1 / ECE (%) | what it is |',
+             '|---|---|---|---|---|---|']
     for row in table():
         top1 = f'{100 * row["top1"]:.2f}' if row['top1'] is not None else 'n/a'
         ece = f'{100 * row["ece"]:.2f}' if row['ece'] is not None else 'n/a'
         paper = row['paper']
         paper_cell = (f'{paper[0]:.1f} / ' + (f'{paper[1]:.2f}' if paper[1] is not None else '-')) if paper else '-'
-        lines.append(f'| `{row["name"]}` | {top1} | {ece} | {paper_cell} | {row["description"]} |')
+        lines.append(f'| `{row["name"]}` | {row["stage1_epochs"] or "?"} | {top1} | {ece} | {paper_cell} '
+                     f'| {row["description"]} |')
     return '\n'.join(lines)
 
 
