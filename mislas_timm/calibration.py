@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -397,7 +397,7 @@ def fold_logit_adjustment(model: nn.Module, class_counts: Sequence[int], tau: fl
 # running a model, and one entry point
 
 @torch.no_grad()
-def predict_features(model: nn.Module, loader) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def predict_features(model: nn.Module, loader: Iterable) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(features, logits, labels)`` over a loader, fp32 on the CPU, in eval mode.
 
     features = ``forward_head(forward_features(img), pre_logits=True)`` (the classifier's input);

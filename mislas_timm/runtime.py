@@ -20,7 +20,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -125,7 +125,7 @@ def measure_bf16_speedup(model: torch.nn.Module, input_size: Sequence[int], batc
 
 
 def resolve_mixed_precision(requested: str, model: torch.nn.Module, input_size: Sequence[int], *,
-                            use_cpu: bool, channels_last: bool, measure: bool = True):
+                            use_cpu: bool, channels_last: bool, measure: bool = True) -> Tuple[str, str]:
     """(choice, reason) for ``--mixed-precision``; an explicit value is returned as given."""
     if requested not in MIXED_PRECISION_CHOICES:
         raise ValueError(f'mixed precision must be one of {MIXED_PRECISION_CHOICES}, got {requested!r}')
