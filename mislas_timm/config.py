@@ -99,6 +99,12 @@ def _schema_section(parts: List[str]) -> Any:
     return cls if is_dataclass(cls) else None
 
 
+def _free_form(path: List[str]) -> bool:
+    """Whether the key path ``a.b`` names a free-form mapping of the schema (``model.kwargs``)."""
+    holder = _schema_section(path) if path else None
+    return holder is not None and get_origin(get_type_hints(holder).get(path[-1])) in (dict, Dict)
+
+
 def set_value(cfg: Dict[str, Any], key: str, value: Any) -> None:
     """Set key ``a.b.c`` of ``cfg`` in place. The key must exist in ``cfg`` or in the schema
     (:class:`TrainConfig`); free-form mappings (``model.kwargs``) take any key. Else ``ConfigError``."""
@@ -108,11 +114,7 @@ def set_value(cfg: Dict[str, Any], key: str, value: Any) -> None:
         last = depth == len(parts) - 1
         if isinstance(node, dict) and part not in node:
             section = _schema_section(parts[:depth + 1])
-            free_form = depth > 0 and _schema_section(parts[:depth]) is not None and \
-                get_origin(get_type_hints(_schema_section(parts[:depth]))[parts[depth - 1]]) in (dict, Dict)
-            if section is not None and part in {f.name for f in fields(section)}:
-                node[part] = value if last else {}
-            elif free_form:
+            if (section is not None and part in {f.name for f in fields(section)}) or _free_form(parts[:depth]):
                 node[part] = value if last else {}
             else:
                 where = '.'.join(parts[:depth]) or 'the top level'
