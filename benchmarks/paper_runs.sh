@@ -16,6 +16,10 @@ case "$name" in
   if50-mixup)   args=(--preset cifar10-lt-if50) ;;
   if10-mixup)   args=(--preset cifar10-lt-if10) ;;
   if100-bsm-mixup) args=(--preset cifar10-lt-if100 --set stage1.loss=balanced_softmax) ;;
+  if100-crt)    args=(--preset cifar10-lt-if100 --stage 2 --init "$runs/if100-mixup/stage1"
+                      --set stage2.head=crt --set stage2.loss=ce) ;;                    # cRT on the mixup stage 1
+  if100-lws)    args=(--preset cifar10-lt-if100 --stage 2 --init "$runs/if100-mixup/stage1"
+                      --set stage2.head=lws --set stage2.loss=ce) ;;                    # LWS on the mixup stage 1
   cpu-fp32)     args=(--preset cifar10-lt-if100-cpu --mixed-precision no) ;;           # equal-budget precision ablation
   cpu-bf16)     args=(--preset cifar10-lt-if100-cpu --mixed-precision bf16) ;;
   *) echo "unknown run $name" >&2; exit 2 ;;

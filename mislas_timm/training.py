@@ -413,7 +413,10 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: TrainConfig
         accelerator.log({f'{spec.name}/loss': loss_sum / max(seen, 1), f'{spec.name}/lr': optimizer.param_groups[0]['lr'],
                          f'{spec.name}/images_per_s': seen * accelerator.num_processes / elapsed}, step=epoch)
         checkpointer.save(epoch, train_time)
-    trained = accelerator.unwrap_model(model)
+    # Without these flags the returned model would keep Accelerate's autocast wrapper around its forward
+    # (so the end-of-stage report would be measured in bf16, not fp32 like `evaluate` and `zoo --verify`)
+    # and torch.compile's wrapper (whose state-dict keys carry an `_orig_mod.` prefix).
+    trained = accelerator.unwrap_model(model, keep_fp32_wrapper=False, keep_torch_compile=False)
     trained.to(memory_format=torch.contiguous_format)  # saved weights must be plain contiguous tensors
     trained.mislas_train_time_s = train_time
     return trained
