@@ -20,6 +20,8 @@ case "$name" in
                       --set stage2.head=crt --set stage2.loss=ce) ;;                    # cRT on the mixup stage 1
   if100-lws)    args=(--preset cifar10-lt-if100 --stage 2 --init "$runs/if100-mixup/stage1"
                       --set stage2.head=lws --set stage2.loss=ce) ;;                    # LWS on the mixup stage 1
+  if100-mixup-50ep) args=(--preset cifar10-lt-if100 --stage 1 --set stage1.epochs=50
+                      --set 'stage1.milestones=[40,45]') ;;                               # control: vs reference_loop.py
   cpu-fp32)     args=(--preset cifar10-lt-if100-cpu --mixed-precision no) ;;           # equal-budget precision ablation
   cpu-bf16)     args=(--preset cifar10-lt-if100-cpu --mixed-precision bf16) ;;
   *) echo "unknown run $name" >&2; exit 2 ;;

@@ -124,7 +124,7 @@ def main() -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * images.shape[0]
+            total += float(loss.detach()) * images.shape[0]
             seen += images.shape[0]
         print(f'epoch {epoch + 1}/{args.epochs}: loss {total / seen:.4f}, lr {lr:.5f}, '
               f'{time.perf_counter() - start:.0f} s', flush=True)

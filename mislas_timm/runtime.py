@@ -74,7 +74,8 @@ def device_name(use_cpu: bool = False) -> str:
                 break
     except OSError:
         pass
-    return f'{name} ({torch.get_num_threads()} threads)'
+    threads = torch.get_num_threads()
+    return f'{name} ({threads} thread{"" if threads == 1 else "s"})'
 
 
 def _conv_model(model: torch.nn.Module) -> bool:

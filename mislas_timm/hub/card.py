@@ -48,7 +48,11 @@ def _stage_rows(name: str, info: Dict[str, Any]) -> list:
     recipe = info.get('recipe') or {}
     precision = runtime.get('mixed_precision')
     precision = {'no': 'fp32', None: 'not recorded'}.get(precision, precision)
-    return [f'| {name} | {_duration(info.get("train_time_s"))} | {info.get("device") or "not recorded"} '
+    if recipe.get('loss') == 'ce':  # the label-aware smoothing settings do nothing with a plain CE loss
+        recipe = {k: v for k, v in recipe.items() if not k.startswith(('smooth_', 'las_'))}
+    # runs recorded before runtime.device_name learnt the singular wrote "(1 threads)"
+    device = (info.get('device') or 'not recorded').replace('(1 threads)', '(1 thread)')
+    return [f'| {name} | {_duration(info.get("train_time_s"))} | {device} '
             f'| {precision} | {", ".join(f"{k} {v}" for k, v in recipe.items())} |']
 
 
