@@ -107,7 +107,8 @@ def _step_time(model: torch.nn.Module, images: torch.Tensor, bf16: bool, steps: 
 def measure_bf16_speedup(model: torch.nn.Module, input_size: Sequence[int], batch_size: int = 32,
                          channels_last: bool = False, budget_s: float = 6.0) -> Optional[float]:
     """fp32 step time / bf16 step time of ``model`` on the CPU (a copy in train mode), or None
-    when one fp32 step is too slow to measure within ``budget_s`` (large models)."""
+    when one fp32 step is too slow to measure within ``budget_s`` (a large model, or a CPU busy
+    with other work)."""
     import copy
 
     probe = copy.deepcopy(model).train()
@@ -144,7 +145,8 @@ def resolve_mixed_precision(requested: str, model: torch.nn.Module, input_size: 
         return 'bf16', 'the CPU has native bf16 units (not measured)'
     speedup = measure_bf16_speedup(model, input_size, channels_last=channels_last)
     if speedup is None:
-        return 'bf16', 'the CPU has native bf16 units (model too large to measure at start-up)'
+        return 'bf16', ('the CPU has native bf16 units (not measured: one fp32 step outran the start-up budget, '
+                        'a large model or a busy CPU)')
     if speedup >= BF16_MIN_SPEEDUP:
         return 'bf16', f'the CPU has native bf16 units and a bf16 step measured {speedup:.2f}x faster'
     return 'no', f'the CPU reports bf16 units but a bf16 step measured {speedup:.2f}x the fp32 speed'

@@ -40,7 +40,9 @@ def test_auto_on_this_cpu_is_a_measured_choice():
     model = timm.create_model('resnet20_cifar', num_classes=10)
     choice, reason = runtime.resolve_mixed_precision('auto', model, (3, 32, 32), use_cpu=True, channels_last=True)
     if runtime.cpu_has_native_bf16():
-        assert choice in ('bf16', 'no') and 'measured' in reason
+        # measured faster / slower, or (on a CPU busy with other jobs) not measured within the budget
+        assert choice in ('bf16', 'no')
+        assert any(why in reason for why in ('x faster', 'x the fp32 speed', 'not measured')), reason
     else:
         assert choice == 'no' and 'no native bf16' in reason
     speedup = runtime.measure_bf16_speedup(model, (3, 32, 32), batch_size=8, budget_s=2.0)
