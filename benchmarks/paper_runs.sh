@@ -22,6 +22,8 @@ case "$name" in
                       --set stage2.head=lws --set stage2.loss=ce) ;;                    # LWS on the mixup stage 1
   if100-mixup-50ep) args=(--preset cifar10-lt-if100 --stage 1 --set stage1.epochs=50
                       --set 'stage1.milestones=[40,45]') ;;                               # control: vs reference_loop.py
+  if100-mixup-50ep-wd5e-4) args=(--preset cifar10-lt-if100 --stage 1 --set stage1.epochs=50
+                      --set 'stage1.milestones=[40,45]' --set stage1.weight_decay=5e-4) ;;  # labelled: the authors' advice
   cpu-fp32)     args=(--preset cifar10-lt-if100-cpu --mixed-precision no) ;;           # equal-budget precision ablation
   cpu-bf16)     args=(--preset cifar10-lt-if100-cpu --mixed-precision bf16) ;;
   *) echo "unknown run $name" >&2; exit 2 ;;
