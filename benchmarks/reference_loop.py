@@ -141,7 +141,7 @@ def main() -> None:
     result = dict(top1=round(top1, 2), ece=round(ece(probs, labels) * 100, 2), epochs=args.epochs,
                   warmup=args.warmup, milestones=args.milestones, mixup_alpha=args.mixup_alpha,
                   weight_decay=args.weight_decay, train_time_s=round(time.perf_counter() - start),
-                  per_class_top1=[round(float(((logits.argmax(1) == labels) & (labels == k)).sum()) / 10, 1)
+                  per_class_top1=[round(100 * float((logits.argmax(1)[labels == k] == k).float().mean()), 1)
                                   for k in range(10)],
                   torch=torch.__version__, counts=counts)
     Path(args.out).write_text(json.dumps(result, indent=1))

@@ -107,10 +107,12 @@ def stage1_epochs(mislas: Dict[str, Any]) -> Optional[int]:
 
 def table() -> List[Dict]:
     """One row per shipped model: name, hub_id, folder, description, top1, ece (fractions), paper (%)."""
+    from .hub import read_hub_config
+
     rows = []
     for entry in shipped():
         metrics = entry.metrics() or {}
-        mislas = json.loads((entry.folder / 'config.json').read_text()).get('mislas') or {}
+        mislas = read_hub_config(entry.folder).get('mislas') or {}
         rows.append({'name': entry.name, 'hub_id': entry.hub_id, 'folder': str(entry.folder),
                      'description': entry.description, 'top1': metrics.get('top1'), 'ece': metrics.get('ece'),
                      'paper': PAPER.get(entry.name), 'stage1_epochs': stage1_epochs(mislas)})
