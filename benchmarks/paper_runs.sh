@@ -5,20 +5,23 @@
 #
 #   benchmarks/paper_runs.sh CODE_DIR DATA_DIR RUNS_DIR NAME
 #
+# A NAME ending in -png runs the recipe of NAME without it (cRT / LWS start from if100-mixup-png); pass the PNG-exact CIFAR-10 of benchmarks/cifar10_png.py as
+# DATA_DIR (the JPEG copy and the PNG copy then differ in nothing but the compression).
 # CODE_DIR: a checkout frozen at one commit (git worktree add), so later edits do not change a
 # running job; DATA_DIR: CIFAR-10 in the uoft-cs/cifar10 schema; RUNS_DIR: outside the repository.
 set -euo pipefail
 code=${1:?CODE_DIR}; data=${2:?DATA_DIR}; runs=${3:?RUNS_DIR}; name=${4:?NAME}
 py=${PYTHON:-python}
-case "$name" in
+recipe=${name%-png}; suffix=${name#"$recipe"}
+case "$recipe" in
   if100-mixup)  args=(--preset cifar10-lt-if100) ;;                                  # stage 1 mixup + MiSLAS stage 2
   if100-ce)     args=(--preset cifar10-lt-if100 --stage 1 --set stage1.mixup_alpha=0) ;;
   if50-mixup)   args=(--preset cifar10-lt-if50) ;;
   if10-mixup)   args=(--preset cifar10-lt-if10) ;;
   if100-bsm-mixup) args=(--preset cifar10-lt-if100 --set stage1.loss=balanced_softmax) ;;
-  if100-crt)    args=(--preset cifar10-lt-if100 --stage 2 --init "$runs/if100-mixup/stage1"
+  if100-crt)    args=(--preset cifar10-lt-if100 --stage 2 --init "$runs/if100-mixup$suffix/stage1"
                       --set stage2.head=crt --set stage2.loss=ce) ;;                    # cRT on the mixup stage 1
-  if100-lws)    args=(--preset cifar10-lt-if100 --stage 2 --init "$runs/if100-mixup/stage1"
+  if100-lws)    args=(--preset cifar10-lt-if100 --stage 2 --init "$runs/if100-mixup$suffix/stage1"
                       --set stage2.head=lws --set stage2.loss=ce) ;;                    # LWS on the mixup stage 1
   if100-mixup-50ep) args=(--preset cifar10-lt-if100 --stage 1 --set stage1.epochs=50
                       --set 'stage1.milestones=[40,45]') ;;                               # control: vs reference_loop.py
