@@ -34,6 +34,7 @@ from .data.batch_augment import BatchCropFlip, DecodedImages, resolve_decode_onc
 from .data.hf import (DECODE_ERRORS, DataError, ImageClassificationView, build_train_transform, dataset_from_split_list,
                       find_undecodable_row, image_error, label_names as dataset_label_names, labels_of, load_split,
                       resolve_columns)
+from .data.encoding import image_encoding
 from .data.longtail import class_counts as count_classes, longtail_view, split_sha256
 from .data.sampler import ClassAwareSampler, InstanceSampler, worker_generator
 from .evaluation import evaluate
@@ -145,7 +146,8 @@ def load_data(cfg: TrainConfig, max_train_samples: Optional[int] = None,
     if test_labels and max(test_labels) >= num_classes:
         raise DataError(f'the test split has label {max(test_labels)} but the training split only {num_classes} classes')
     meta.update(class_counts=counts, rank_split=cfg.groups.rank_split,
-                dataset=str(d.source or d.train_list), num_train=len(train_labels))
+                dataset=str(d.source or d.train_list), num_train=len(train_labels),
+                image_encoding=image_encoding(train, image_column))
     return TrainData(train, test, image_column, label_column, num_classes, names, counts, train_labels, meta, val)
 
 
@@ -651,9 +653,9 @@ def run_training(cfg: TrainConfig, *, output_dir: str, stage: str = 'all', init:
     if report_to:
         accelerator.init_trackers('mislas', config={'preset': cfg.preset})
     data = load_data(cfg, max_train_samples, max_eval_samples)
-    logger.info('data: %d training images in %d classes (counts %s), %d validation images, %d test images',
-                len(data.train_labels), data.num_classes, data.class_counts, len(data.val) if data.val is not None else 0,
-                len(data.test))
+    logger.info('data: %d training images in %d classes (counts %s), %d validation images, %d test images; '
+                'images: %s', len(data.train_labels), data.num_classes, data.class_counts,
+                len(data.val) if data.val is not None else 0, len(data.test), data.meta.get('image_encoding'))
     wanted_decode = cfg.data.decode_once
     if pinned and 'decode_once' in pinned and wanted_decode == 'auto':
         decode_once = bool(pinned['decode_once'])  # the resumed run keeps its input path (and random stream)

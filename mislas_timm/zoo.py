@@ -26,15 +26,27 @@ from typing import Any, Dict, List, Optional, Sequence
 from .models.pretrained_tags import HUB_ORG, PRETRAINED_TAGS
 
 __all__ = ['ZooEntry', 'ZOO', 'ZOO_DIR', 'PAPER', 'names', 'get', 'shipped', 'table', 'markdown_table', 'verify',
-           'build', 'public_command', 'public_meta', 'stage1_epochs']
+           'build', 'public_command', 'public_meta', 'stage1_epochs', 'data_note', 'card_limitations', 'ZooError']
 
 # The repository's model_cards/ (an editable install keeps it beside the package);
 # MISLAS_ZOO_DIR points elsewhere, e.g. a copy next to a wheel install.
 ZOO_DIR = Path(os.environ.get('MISLAS_ZOO_DIR', Path(__file__).resolve().parents[1] / 'model_cards'))
 
 DATASET_ID = 'uoft-cs/cifar10'
-DATA_NOTE = ('CIFAR-10 in the `uoft-cs/cifar10` schema (train 50,000 / test 10,000); the numbers here were measured '
-             'on a JPEG re-export of it, which costs a point or two against the PNG-exact data set')
+
+
+def data_note(encoding: Optional[str], dataset_id: str = DATASET_ID) -> str:
+    """What the data was, for a card: the schema, and whether the pixels were the original ones.
+
+    ``encoding`` is what the run recorded (:func:`mislas_timm.data.encoding.image_encoding`)."""
+    if not encoding:
+        return f'CIFAR-10 in the `{dataset_id}` schema (train 50,000 / test 10,000); image encoding not recorded'
+    if 'lossless' in encoding:
+        return (f'CIFAR-10 (train 50,000 / test 10,000) with its original pixels ({encoding}), as the Hub\'s '
+                f'`{dataset_id}` holds them')
+    return (f'CIFAR-10 in the `{dataset_id}` schema (train 50,000 / test 10,000), but a lossy re-export of it '
+            f'({encoding}), not the Hub\'s lossless copy: the numbers here were measured on the re-export')
+
 
 # Which run folder of benchmarks/paper_runs.sh each zoo model comes from (RUNS/<run>/stage<N>).
 SOURCES: Dict[str, str] = {
@@ -56,6 +68,31 @@ PAPER: Dict[str, tuple] = {
     'resnet32_cifar.cifar10_lt_if100_mixup': (73.1, None),
     'resnet32_cifar.cifar10_lt_if100_crt': (79.1, 10.6),
     'resnet32_cifar.cifar10_lt_if100_lws': (76.3, 15.6),
+}
+
+# Why a model misses the paper's top-1, by whether it trained on the original pixels (BENCHMARKS.md,
+# "Where the gap is": a 50-epoch control on the same images, seeds and code, JPEG copy vs PNG copy).
+GAP_NOTES: Dict[bool, str] = {
+    False: ('Part of that is the data: this copy\'s images are a lossy re-export, and in a 50-epoch control with '
+            'the same images, seeds and code the original pixels gave 2.6 points more top-1 (BENCHMARKS.md, "Where '
+            'the gap is"). The reference code also reports its best test epoch where this card reports the last.'),
+    True: ('The reference code reports its best test epoch where this card reports the last, and both are single '
+           'seeds (BENCHMARKS.md, "Where the gap is").'),
+}
+
+# What a card must say about how one model's run went, beyond what its files record.
+_PAUSED_IF100_MIXUP = ('paused twice and resumed with --resume; the last resume (after epoch 92) changed from 1 to 2 '
+                       'CPU threads, so it is not bit-reproducible across that point (same recipe and seeds)')
+RUN_NOTES: Dict[str, List[str]] = {
+    'resnet32_cifar.cifar10_lt_if100_mislas': [f'The 200-epoch stage 1 was {_PAUSED_IF100_MIXUP}.'],
+    'resnet32_cifar.cifar10_lt_if100_mixup': [f'The 200-epoch stage 1 was {_PAUSED_IF100_MIXUP}.'],
+    'resnet32_cifar.cifar10_lt_if100_ce': [
+        'The 200-epoch stage 1 was paused five times (after epochs 2, 2, 66, 137 and 140) and resumed with --resume, '
+        'always on one CPU thread of the same machine type.'],
+    'resnet32_cifar.cifar10_lt_if100_crt': [
+        f'The stage 1 (the mixup stage 1 of resnet32_cifar.cifar10_lt_if100_mislas) was {_PAUSED_IF100_MIXUP}.'],
+    'resnet32_cifar.cifar10_lt_if100_lws': [
+        f'The stage 1 (the mixup stage 1 of resnet32_cifar.cifar10_lt_if100_mislas) was {_PAUSED_IF100_MIXUP}.'],
 }
 
 
@@ -192,11 +229,13 @@ def public_command(command: Optional[str], dataset_id: str = DATASET_ID) -> Opti
     return ' '.join(shlex.quote(a) for a in out)
 
 
-def public_meta(meta: Dict[str, Any], dataset_id: str = DATASET_ID) -> Dict[str, Any]:
-    """config.json's ``mislas`` block with every machine path replaced (recursively into ``stage1``)."""
+def public_meta(meta: Dict[str, Any], dataset_id: str = DATASET_ID, encoding: Optional[str] = None) -> Dict[str, Any]:
+    """config.json's ``mislas`` block with every machine path replaced (recursively into ``stage1``);
+    ``encoding`` (the training images', when the run predates recording it) goes into the data note."""
     out = dict(meta)
     out['dataset'] = dataset_id
-    out['data_note'] = DATA_NOTE
+    encoding = out.setdefault('image_encoding', encoding) if encoding else out.get('image_encoding')
+    out['data_note'] = data_note(encoding, dataset_id)
     if 'command' in out:
         out['command'] = public_command(out['command'], dataset_id)
         precision = (out.get('runtime') or {}).get('mixed_precision')
@@ -212,37 +251,81 @@ def public_meta(meta: Dict[str, Any], dataset_id: str = DATASET_ID) -> Dict[str,
     return out
 
 
+def card_limitations(name: str, meta: Dict[str, Any], top1: float) -> List[str]:
+    """The limitations every zoo card states, from the model's recorded facts and its measured top-1."""
+    counts = meta.get('class_counts') or []
+    lines = [f'One training run with one seed ({meta.get("seed")}) and one long-tail split (data seed '
+             f'{meta.get("data_seed")}): no confidence intervals.']
+    paper = PAPER.get(name)
+    if paper and 100 * top1 < paper[0]:
+        lines.append(f'Top-1 is {paper[0] - 100 * top1:.1f} points below the paper\'s {paper[0]:.1f}%. '
+                     + GAP_NOTES.get('lossless' in (meta.get('image_encoding') or ''), ''))
+    held_out = (f' {meta["val_per_class"]} images per class were held out of training as the validation split'
+                f' (the head class trains on {counts[0]:,} images).' if meta.get('val_per_class') and counts else
+                ' Trained before the held-out validation split existed, so post-hoc calibration '
+                '(python -m mislas_timm.calibrate) cannot be fitted on this model.')
+    lines.append('Reported at the last epoch; the test split was used only for this report.' + held_out)
+    epochs = stage1_epochs(meta)
+    if epochs and epochs < 200:
+        lines.append(f'Trained on a CPU budget: a {epochs}-epoch stage 1 instead of the paper\'s 200.')
+    lines += RUN_NOTES.get(name, [])
+    lines.append('32x32 CIFAR-10 classes only; not a general-purpose classifier.')
+    return [line.strip() for line in lines]
+
+
+class ZooError(ValueError):
+    """A zoo build that cannot be published as asked; the message names the fix."""
+
+
 def build(runs: str, dataset: str, only: Optional[Sequence[str]] = None, zoo_dir: Optional[Path] = None,
           entries: Optional[Sequence[ZooEntry]] = None, dataset_id: str = DATASET_ID,
           limitations: Optional[Sequence[str]] = None) -> List[Path]:
-    """Publish each entry whose run folder exists under ``runs`` into ``zoo_dir/<name>`` (atomically)."""
+    """Publish each entry whose run folder exists under ``runs`` into ``zoo_dir/<name>`` (atomically).
+
+    Every selected run is checked before any is evaluated: it must have been trained on images encoded
+    like ``dataset``'s (a model trained on a JPEG copy is not re-measured on the PNG one, or the reverse)."""
+    from .data.encoding import image_encoding
+    from .data.hf import load_split, resolve_columns
     from .evaluation import evaluate
     from .hub import check_card_matches_metrics, load_model, save_hub_folder
 
     zoo_dir = Path(zoo_dir or ZOO_DIR)
-    written = []
+    plan = []
+    encodings: Dict[str, str] = {}
     for entry in entries or ZOO:
         if only and entry.name not in only:
             continue
         source = Path(runs) / (entry.source or '')
         if not entry.source or not (source / 'model.safetensors').is_file():
             continue
-        model = load_model(str(source))
         run_metrics = json.loads((source / 'metrics.json').read_text())
-        meta = public_meta(getattr(model, 'mislas_config', {}) or {}, dataset_id)
+        split = run_metrics.get('split', 'test')
+        if split not in encodings:
+            ds = load_split(dataset, split)
+            encodings[split] = image_encoding(ds, resolve_columns(ds)[0])
+        model = load_model(str(source))
+        trained_on = (getattr(model, 'mislas_config', {}) or {}).get('image_encoding')
+        if trained_on and trained_on != encodings[split]:
+            raise ZooError(f'{source} was trained on images stored as {trained_on} but {dataset} holds '
+                           f'{encodings[split]}: pass --dataset the copy it was trained on')
+        plan.append((entry, source, model, run_metrics, split))
+    written = []
+    for entry, source, model, run_metrics, split in plan:
+        meta = public_meta(getattr(model, 'mislas_config', {}) or {}, dataset_id, encoding=encodings[split])
         model.mislas_config = meta
         cfg = {k: v for k, v in model.pretrained_cfg.items() if k != 'url'}
         cfg.update(tag=entry.tag, hf_hub_id=entry.hub_id)
         model.pretrained_cfg = model.default_cfg = cfg
-        report = evaluate(model, dataset, split=run_metrics.get('split', 'test'), dataset_name=dataset_id)
+        report = evaluate(model, dataset, split=split, dataset_name=dataset_id)
         for key in ('runtime', 'train_time_s'):
             if key in run_metrics:
                 report[key] = run_metrics[key]
+        lines = card_limitations(entry.name, meta, report['top1']) + list(limitations or [])
         target = save_hub_folder(model, zoo_dir / entry.name, label_names=list(cfg.get('label_names') or []),
                                  mislas=meta, metrics=report,
                                  card_context={'hub_id': entry.hub_id, 'dataset_id': dataset_id,
                                                'title': f'{entry.name}: {entry.description}',
-                                               'limitations': list(limitations or []) or None})
+                                               'limitations': lines})
         check_card_matches_metrics((target / 'README.md').read_text(), report)
         written.append(zoo_dir / entry.name)
     return written
@@ -260,10 +343,17 @@ def main(argv=None) -> int:
     b.add_argument('runs', help='folder holding the run folders of benchmarks/paper_runs.sh')
     b.add_argument('--dataset', required=True, help='CIFAR-10 (local folder or Hub id) to re-evaluate on')
     b.add_argument('--only', action='append', help='zoo name to build (repeatable; default: every one found)')
-    b.add_argument('--limitation', action='append', default=[], help='a line for the cards\' limitations')
+    b.add_argument('--limitation', action='append', default=[],
+                   help='a line added to the cards\' limitations (the standard ones come from card_limitations)')
     args = parser.parse_args(argv)
     if args.command == 'build':
-        for path in build(args.runs, args.dataset, only=args.only, limitations=args.limitation):
+        from .data.hf import DataError
+        try:
+            paths = build(args.runs, args.dataset, only=args.only, limitations=args.limitation)
+        except (ZooError, DataError) as err:
+            print(f'error: {err}', file=sys.stderr)
+            return 2
+        for path in paths:
             print(f'wrote {path}')
         return 0
     if args.verify:

@@ -1,4 +1,5 @@
 """train.py end to end on tiny synthetic data: both stages, resume, 2 processes, bf16, bad input."""
+import io
 import json
 import os
 import shutil
@@ -322,7 +323,10 @@ def test_zoo_build_publishes_without_machine_paths(full_run, tiny_dataset_dir, t
             assert machine_path not in text, (name, machine_path)
     config = json.loads(texts['config.json'])
     m = config['mislas']
-    assert m['dataset'] == 'uoft-cs/cifar10' and 'JPEG re-export' in m['data_note']
+    # The tiny data set stores PNG: the card says the pixels are the original ones, and says how it knows.
+    assert m['dataset'] == 'uoft-cs/cifar10' and m['image_encoding'] == 'PNG (lossless)'
+    assert 'original pixels (PNG (lossless))' in m['data_note'] and 'original pixels' in texts['README.md']
+    assert 'one long-tail split (data seed 0)' in texts['README.md']  # the standard limitations
     assert m['command'].startswith('python train.py --config tiny.yaml ') and '--output-dir runs/out' in m['command']
     assert m['command'].endswith('--mixed-precision no')  # the pinned choice, stated for a rerun
     assert m['stage1']['command'].startswith('python train.py') and m['stage1']['source'] == 'runs/out/stage1'
@@ -336,6 +340,30 @@ def test_zoo_build_publishes_without_machine_paths(full_run, tiny_dataset_dir, t
     x = torch.randn(2, 3, 16, 16)
     published = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
     assert torch.equal(published(x), mislas_timm.load_model(str(full_run / 'stage2'))(x))
+
+
+def test_zoo_build_refuses_a_copy_encoded_unlike_the_training_data(full_run, tiny_dataset_dir, tmp_path):
+    """A model trained on PNG images is not re-measured on a JPEG copy (nor the reverse): one line, nothing written."""
+    import datasets
+    from mislas_timm import zoo
+
+    jpeg_copy = tmp_path / 'tiny-jpeg'
+    for split in ('train', 'test'):
+        ds = datasets.load_from_disk(str(tiny_dataset_dir))[split]
+        jpeg = []
+        for image in ds['img']:
+            buffer = io.BytesIO()
+            image.save(buffer, format='JPEG', quality=75)
+            jpeg.append({'bytes': buffer.getvalue(), 'path': None})
+        ds = datasets.Dataset.from_dict({'img': jpeg, 'label': ds['label']}, features=ds.features)
+        (jpeg_copy / 'data').mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(str(jpeg_copy / 'data' / f'{split}-00000-of-00001.parquet'))
+    runs = tmp_path / 'runs'
+    shutil.copytree(full_run, runs / 'tiny-mixup')
+    entry = zoo.ZooEntry('resnet20_cifar.tiny_mislas', 'a tiny test model', 'tiny-mixup/stage2')
+    with pytest.raises(zoo.ZooError, match=r'trained on images stored as PNG \(lossless\) but .* holds JPEG quality 75'):
+        zoo.build(str(runs), str(jpeg_copy), zoo_dir=tmp_path / 'zoo', entries=[entry])
+    assert not (tmp_path / 'zoo').exists()
 
 
 @pytest.mark.parametrize('args,needles', [

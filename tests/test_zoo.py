@@ -122,3 +122,29 @@ def test_zoo_models_load_through_every_path(entry):
         logits = model(x)
         assert torch.equal(logits, plain(x))
     assert torch.allclose(logits.softmax(1).sum(1), torch.ones(len(x)))
+
+
+def test_card_limitations_state_the_gap_and_what_the_data_was():
+    meta = {'seed': 0, 'data_seed': 0, 'class_counts': [4980, 50], 'val_per_class': 20, 'stage': 1,
+            'recipe': {'epochs': 200}, 'image_encoding': 'JPEG quality 75, 4:2:0 chroma subsampling'}
+    lines = zoo.card_limitations('resnet32_cifar.cifar10_lt_if100_ce', meta, 0.652)
+    gap = next(line for line in lines if line.startswith('Top-1 is'))
+    assert gap.startswith("Top-1 is 5.2 points below the paper's 70.4%.") and 'lossy re-export' in gap
+    assert any('head class trains on 4,980 images' in line for line in lines)
+    assert not any('CPU budget' in line for line in lines)
+    # The original pixels: the gap note no longer blames the data; a 30-epoch run says it was a budget run.
+    png = dict(meta, image_encoding='PNG (lossless)', recipe={'epochs': 30})
+    png.pop('val_per_class')
+    lines = zoo.card_limitations('resnet32_cifar.cifar10_lt_if100_ce', png, 0.6)
+    gap = next(line for line in lines if line.startswith('Top-1 is'))
+    assert 'lossy' not in gap and 'best test epoch' in gap
+    assert any('a 30-epoch stage 1' in line for line in lines) and any('cannot be fitted' in line for line in lines)
+    # At or above the paper: no gap line.
+    assert not any(line.startswith('Top-1 is') for line in zoo.card_limitations('resnet32_cifar.cifar10_lt_if100_ce', meta, 0.71))
+
+
+def test_data_note_says_whether_the_pixels_were_the_original_ones():
+    assert 'original pixels' in zoo.data_note('PNG (lossless)')
+    lossy = zoo.data_note('JPEG quality 75, 4:2:0 chroma subsampling')
+    assert 'lossy re-export of it (JPEG quality 75, 4:2:0 chroma subsampling)' in lossy and 'original' not in lossy
+    assert 'not recorded' in zoo.data_note(None)

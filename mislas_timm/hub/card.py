@@ -58,7 +58,8 @@ def _stage_rows(name: str, info: Dict[str, Any]) -> list:
 
 def _training_section(mislas: Dict[str, Any], command: str) -> list:
     """Data, per-stage recipe / wall time / device, and the commands (stage 1 first for a stage-2 model)."""
-    data_note = mislas.get('data_note') or f'`{mislas.get("dataset")}`'
+    encoding = f' ({mislas["image_encoding"]})' if mislas.get('image_encoding') else ''
+    data_note = mislas.get('data_note') or f'`{mislas.get("dataset")}`{encoding}'
     lines = [
         f'- preset: `{mislas.get("preset", "n/a")}`; stage: {mislas.get("stage", "n/a")}; training seed '
         f'{mislas.get("seed", "n/a")}',
