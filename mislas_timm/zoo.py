@@ -80,19 +80,17 @@ GAP_NOTES: Dict[bool, str] = {
            'seeds (BENCHMARKS.md, "Where the gap is").'),
 }
 
-# What a card must say about how one model's run went, beyond what its files record.
+# What a card must say about how a run went, beyond what its files record; keyed by the run folder
+# (``RUNS/<run>``, see SOURCES), so a model rebuilt from another run does not inherit them.
 _PAUSED_IF100_MIXUP = ('paused twice and resumed with --resume; the last resume (after epoch 92) changed from 1 to 2 '
                        'CPU threads, so it is not bit-reproducible across that point (same recipe and seeds)')
 RUN_NOTES: Dict[str, List[str]] = {
-    'resnet32_cifar.cifar10_lt_if100_mislas': [f'The 200-epoch stage 1 was {_PAUSED_IF100_MIXUP}.'],
-    'resnet32_cifar.cifar10_lt_if100_mixup': [f'The 200-epoch stage 1 was {_PAUSED_IF100_MIXUP}.'],
-    'resnet32_cifar.cifar10_lt_if100_ce': [
+    'if100-mixup': [f'The 200-epoch stage 1 was {_PAUSED_IF100_MIXUP}.'],
+    'if100-ce': [
         'The 200-epoch stage 1 was paused five times (after epochs 2, 2, 66, 137 and 140) and resumed with --resume, '
         'always on one CPU thread of the same machine type.'],
-    'resnet32_cifar.cifar10_lt_if100_crt': [
-        f'The stage 1 (the mixup stage 1 of resnet32_cifar.cifar10_lt_if100_mislas) was {_PAUSED_IF100_MIXUP}.'],
-    'resnet32_cifar.cifar10_lt_if100_lws': [
-        f'The stage 1 (the mixup stage 1 of resnet32_cifar.cifar10_lt_if100_mislas) was {_PAUSED_IF100_MIXUP}.'],
+    'if100-crt': [f'The stage 1 (the mixup stage 1 of resnet32_cifar.cifar10_lt_if100_mislas) was {_PAUSED_IF100_MIXUP}.'],
+    'if100-lws': [f'The stage 1 (the mixup stage 1 of resnet32_cifar.cifar10_lt_if100_mislas) was {_PAUSED_IF100_MIXUP}.'],
 }
 
 
@@ -251,8 +249,9 @@ def public_meta(meta: Dict[str, Any], dataset_id: str = DATASET_ID, encoding: Op
     return out
 
 
-def card_limitations(name: str, meta: Dict[str, Any], top1: float) -> List[str]:
-    """The limitations every zoo card states, from the model's recorded facts and its measured top-1."""
+def card_limitations(name: str, meta: Dict[str, Any], top1: float, run: Optional[str] = None) -> List[str]:
+    """The limitations every zoo card states, from the model's recorded facts, its measured top-1 and the
+    notes of the run folder it came from."""
     counts = meta.get('class_counts') or []
     lines = [f'One training run with one seed ({meta.get("seed")}) and one long-tail split (data seed '
              f'{meta.get("data_seed")}): no confidence intervals.']
@@ -268,7 +267,7 @@ def card_limitations(name: str, meta: Dict[str, Any], top1: float) -> List[str]:
     epochs = stage1_epochs(meta)
     if epochs and epochs < 200:
         lines.append(f'Trained on a CPU budget: a {epochs}-epoch stage 1 instead of the paper\'s 200.')
-    lines += RUN_NOTES.get(name, [])
+    lines += RUN_NOTES.get(run or '', [])
     lines.append('32x32 CIFAR-10 classes only; not a general-purpose classifier.')
     return [line.strip() for line in lines]
 
@@ -320,7 +319,8 @@ def build(runs: str, dataset: str, only: Optional[Sequence[str]] = None, zoo_dir
         for key in ('runtime', 'train_time_s'):
             if key in run_metrics:
                 report[key] = run_metrics[key]
-        lines = card_limitations(entry.name, meta, report['top1']) + list(limitations or [])
+        run = (entry.source or '').split('/')[0]
+        lines = card_limitations(entry.name, meta, report['top1'], run) + list(limitations or [])
         target = save_hub_folder(model, zoo_dir / entry.name, label_names=list(cfg.get('label_names') or []),
                                  mislas=meta, metrics=report,
                                  card_context={'hub_id': entry.hub_id, 'dataset_id': dataset_id,

@@ -148,3 +148,14 @@ def test_data_note_says_whether_the_pixels_were_the_original_ones():
     lossy = zoo.data_note('JPEG quality 75, 4:2:0 chroma subsampling')
     assert 'lossy re-export of it (JPEG quality 75, 4:2:0 chroma subsampling)' in lossy and 'original' not in lossy
     assert 'not recorded' in zoo.data_note(None)
+
+
+@pytest.mark.parametrize('entry', ENTRIES, ids=lambda e: e.name)
+def test_shipped_card_states_the_standard_limitations(entry):
+    """A card built before a change to card_limitations / RUN_NOTES must be rebuilt (zoo build)."""
+    mislas = json.loads((entry.folder / 'config.json').read_text())['mislas']
+    metrics = json.loads((entry.folder / 'metrics.json').read_text())
+    card = (entry.folder / 'README.md').read_text()
+    stated = card.split('## Limitations', 1)[1].split('## Citation', 1)[0]
+    for line in zoo.card_limitations(entry.name, mislas, metrics['top1'], entry.source.split('/')[0]):
+        assert f'- {line}\n' in stated, line
