@@ -66,9 +66,13 @@ def main(argv=None) -> int:
     p.add_argument('--dataset', required=True, help='CIFAR-10 (local folder or uoft-cs/cifar10)')
     p.add_argument('--json', help='also write the rows (and the full reports) to this JSON file')
     p.add_argument('--batch-size', type=int, default=500)
+    p.add_argument('--run-suffix', default='',
+                   help='read RUNS/<run><suffix> instead: --run-suffix=-png for the paper_runs.sh NAME-png runs')
     args = p.parse_args(argv)
     rows = []
     for name, run, method in ROWS:
+        run_name, _, stage = run.partition('/')
+        run = f'{run_name}{args.run_suffix}/{stage}'
         folder = Path(args.runs) / run
         if not (folder / 'model.safetensors').is_file():
             rows.append({'name': name, 'values': None, 'note': f'{run} not trained yet'})
