@@ -51,20 +51,14 @@ def read_npm_package(folder: Path) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def read_parquet_copy(folder: Path, split: str) -> Tuple[np.ndarray, np.ndarray]:
-    """(images, labels) of one split of a CIFAR-10 copy in the Hub schema (any image encoding)."""
-    import pyarrow.parquet as pq
-    from PIL import Image
+def read_copy(source: str, split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of one split of another CIFAR-10 copy, any source train.py reads, any encoding."""
+    from mislas_timm.data.hf import labels_of, load_split, resolve_columns
 
-    files = sorted((folder / 'data').glob(f'{split}-*.parquet'))
-    if not files:
-        raise SystemExit(f'{folder}/data has no {split}-*.parquet: pass a CIFAR-10 folder in the Hub schema')
-    images, labels = [], []
-    for path in files:
-        table = pq.read_table(path, columns=['img', 'label']).to_pydict()
-        images += [np.asarray(Image.open(io.BytesIO(cell['bytes'])).convert('RGB')) for cell in table['img']]
-        labels += table['label']
-    return np.stack(images), np.asarray(labels, dtype=np.int64)
+    ds = load_split(source, split)
+    image_column, label_column = resolve_columns(ds)
+    images = np.stack([np.asarray(image.convert('RGB')) for image in ds[image_column]])
+    return images, np.asarray(labels_of(ds, label_column), dtype=np.int64)
 
 
 def match_order(originals: np.ndarray, original_labels: np.ndarray, others: np.ndarray,
@@ -117,7 +111,7 @@ def main(argv: Optional[list] = None) -> int:
     data = read_npm_package(args.package)
     for split, (images, labels) in data.items():
         if args.order_like:
-            others, other_labels = read_parquet_copy(args.order_like, split)
+            others, other_labels = read_copy(str(args.order_like), split)
             order, worst = match_order(images, labels, others, other_labels)
             images, labels = images[order], labels[order]
             print(f'{split}: matched {len(order)} rows one to one; largest mean |pixel difference| of a pair '

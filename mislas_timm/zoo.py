@@ -232,8 +232,9 @@ def public_meta(meta: Dict[str, Any], dataset_id: str = DATASET_ID, encoding: Op
     ``encoding`` (the training images', when the run predates recording it) goes into the data note."""
     out = dict(meta)
     out['dataset'] = dataset_id
-    encoding = out.setdefault('image_encoding', encoding) if encoding else out.get('image_encoding')
-    out['data_note'] = data_note(encoding, dataset_id)
+    if encoding:
+        out.setdefault('image_encoding', encoding)  # what the run recorded wins
+    out['data_note'] = data_note(out.get('image_encoding'), dataset_id)
     if 'command' in out:
         out['command'] = public_command(out['command'], dataset_id)
         precision = (out.get('runtime') or {}).get('mixed_precision')
@@ -258,7 +259,7 @@ def card_limitations(name: str, meta: Dict[str, Any], top1: float, run: Optional
     paper = PAPER.get(name)
     if paper and 100 * top1 < paper[0]:
         lines.append(f'Top-1 is {paper[0] - 100 * top1:.1f} points below the paper\'s {paper[0]:.1f}%. '
-                     + GAP_NOTES.get('lossless' in (meta.get('image_encoding') or ''), ''))
+                     + GAP_NOTES['lossless' in (meta.get('image_encoding') or '')])
     held_out = (f' {meta["val_per_class"]} images per class were held out of training as the validation split'
                 f' (the head class trains on {counts[0]:,} images).' if meta.get('val_per_class') and counts else
                 ' Trained before the held-out validation split existed, so post-hoc calibration '

@@ -33,6 +33,17 @@ def make_image_dataset(num_per_class, size=16, seed=0, class_names=TINY_CLASSES,
     return datasets.Dataset.from_dict({'img': images, 'label': labels}, features=features)
 
 
+def encode_image(image, fmt: str, **save_kwargs) -> bytes:
+    """The file bytes of a PIL image or an H x W x 3 uint8 array saved as ``fmt`` (PNG, JPEG, ...)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buffer, format=fmt, **save_kwargs)
+    return buffer.getvalue()
+
+
 @pytest.fixture(scope='session')
 def tiny_dataset_dir(tmp_path_factory) -> Path:
     """save_to_disk folder with a balanced train split (60 per class) and a test split (10 per class)."""

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from .conftest import encode_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,15 +41,9 @@ def _fake_package(folder: Path, per_batch: int, seed: int):
 def _write_jpeg_copy(folder: Path, images: np.ndarray, labels: np.ndarray, split: str):
     """A lossy copy in the Hub schema, rows shuffled: what the project's JPEG export looks like."""
     import datasets
-    from PIL import Image
-
-    def jpeg(image):
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format='JPEG', quality=75)
-        return buffer.getvalue()
 
     features = datasets.Features({'img': datasets.Image(), 'label': datasets.ClassLabel(num_classes=10)})
-    ds = datasets.Dataset.from_dict({'img': [{'bytes': jpeg(im), 'path': None} for im in images],
+    ds = datasets.Dataset.from_dict({'img': [{'bytes': encode_image(im, 'JPEG', quality=75), 'path': None} for im in images],
                                      'label': labels.tolist()}, features=features)
     (folder / 'data').mkdir(parents=True, exist_ok=True)
     ds.to_parquet(str(folder / 'data' / f'{split}-00000-of-00001.parquet'))

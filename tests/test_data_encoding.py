@@ -1,22 +1,15 @@
 """mislas_timm.data.encoding: the compression of a data set's images, read from their bytes."""
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
-from PIL import Image
-
 from mislas_timm.data.encoding import chroma_subsampling, describe_image_bytes, image_encoding, jpeg_quality
 
-from .conftest import make_image_dataset
+from .conftest import encode_image, make_image_dataset
 
 
 def _encode(fmt: str, **kwargs) -> bytes:
-    pixels = np.random.RandomState(0).randint(0, 256, (32, 32, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
+    return encode_image(np.random.RandomState(0).randint(0, 256, (32, 32, 3), dtype=np.uint8), fmt, **kwargs)
 
 
 @pytest.mark.parametrize('quality', [5, 30, 50, 75, 90, 95])

@@ -1,5 +1,4 @@
 """train.py end to end on tiny synthetic data: both stages, resume, 2 processes, bf16, bad input."""
-import io
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ from safetensors.torch import load_file
 
 import mislas_timm
 from mislas_timm.metrics import REPORT_KEYS
+from .conftest import encode_image
 from .tolerances import assert_close_f32
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -350,11 +350,7 @@ def test_zoo_build_refuses_a_copy_encoded_unlike_the_training_data(full_run, tin
     jpeg_copy = tmp_path / 'tiny-jpeg'
     for split in ('train', 'test'):
         ds = datasets.load_from_disk(str(tiny_dataset_dir))[split]
-        jpeg = []
-        for image in ds['img']:
-            buffer = io.BytesIO()
-            image.save(buffer, format='JPEG', quality=75)
-            jpeg.append({'bytes': buffer.getvalue(), 'path': None})
+        jpeg = [{'bytes': encode_image(image, 'JPEG', quality=75), 'path': None} for image in ds['img']]
         ds = datasets.Dataset.from_dict({'img': jpeg, 'label': ds['label']}, features=ds.features)
         (jpeg_copy / 'data').mkdir(parents=True, exist_ok=True)
         ds.to_parquet(str(jpeg_copy / 'data' / f'{split}-00000-of-00001.parquet'))

@@ -72,6 +72,8 @@ def image_encoding(ds, column: str, rows: int = 20) -> str:
     distinct descriptions joined with ' / ' when the rows disagree. Decoded-array columns say so."""
     import datasets
 
+    from .hf import DECODE_ERRORS
+
     feature = ds.features.get(column)
     if not isinstance(feature, datasets.Image):
         return 'decoded arrays (no file encoding)'
@@ -89,7 +91,7 @@ def image_encoding(ds, column: str, rows: int = 20) -> str:
             continue
         try:
             described = describe_image_bytes(data)
-        except (OSError, ValueError):  # an undecodable file is reported by the data checks, with its row
+        except DECODE_ERRORS:  # an undecodable file is reported by the data checks, with its row
             continue
         if described not in seen:
             seen.append(described)
