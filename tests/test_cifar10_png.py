@@ -89,3 +89,17 @@ def test_refuses_copies_that_do_not_match_one_to_one(tmp_path):
     other[2] = originals[0]  # two rows of the other copy are the same image: no bijection exists
     with pytest.raises(SystemExit, match='not one to one'):
         script.match_order(originals, labels, other, labels)
+
+
+def test_compression_error_from_its_formulas():
+    script = _load_script()
+    originals = np.zeros((3, 32, 32, 3), dtype=np.uint8)
+    others = originals.copy()
+    others[1] += 1           # off by one everywhere: MSE 1, PSNR 10 log10(255^2)
+    others[2, 0, 0, 0] = 255  # one pixel off by 255: MSE 255^2 / 3072
+    err = script.compression_error(originals, others, chunk=2)  # chunks that split the rows
+    assert err['identical'] == 1
+    assert err['mean_abs'] == pytest.approx((3072 + 255) / (3 * 3072), rel=1e-12)
+    psnr = [10 * np.log10(255.0 ** 2 / 1e-12), 10 * np.log10(255.0 ** 2), 10 * np.log10(3072.0)]
+    assert err['psnr_mean'] == pytest.approx(np.mean(psnr), rel=1e-12)
+    assert err['psnr_median'] == pytest.approx(np.median(psnr), rel=1e-12)
