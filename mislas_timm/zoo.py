@@ -168,17 +168,27 @@ def markdown_table() -> str:
     return '\n'.join(lines)
 
 
-def verify(dataset: str, tolerance: float = 1e-6) -> List[Dict]:
-    """Re-run the evaluator on every shipped model; compare its top-1 / ECE with metrics.json."""
+def verify(dataset: str, tolerance: float = 1e-6, entries: Optional[Sequence[ZooEntry]] = None) -> List[Dict]:
+    """Re-run the evaluator on every shipped model; compare its top-1 / ECE with metrics.json.
+
+    Every model is checked before any is evaluated: ``dataset`` must hold images encoded like the ones
+    the model was trained and measured on, or the comparison would fail for a reason that is not the model's."""
     from .evaluation import evaluate
     from .hub import load_model
 
-    results = []
-    for entry in shipped():
+    checked = []
+    encodings: Dict[str, str] = {}
+    for entry in entries or shipped():
         saved = entry.metrics()
         if saved is None:
-            raise FileNotFoundError(f'{entry.folder} has no metrics.json')
-        report = evaluate(load_model(entry.name), dataset, split=saved.get('split', 'test'))
+            raise ZooError(f'{entry.folder} has no metrics.json: rebuild it with python -m mislas_timm.zoo build')
+        model = load_model(str(entry.folder))
+        split = saved.get('split', 'test')
+        _check_encoding(model, entry.folder, dataset, split, encodings)
+        checked.append((entry, model, saved, split))
+    results = []
+    for entry, model, saved, split in checked:
+        report = evaluate(model, dataset, split=split)
         ok = all(abs(report[k] - saved[k]) <= tolerance for k in ('top1', 'ece'))
         results.append({'name': entry.name, 'top1': report['top1'], 'ece': report['ece'],
                         'card_top1': saved['top1'], 'card_ece': saved['ece'], 'ok': ok})
@@ -277,6 +287,22 @@ class ZooError(ValueError):
     """A zoo build that cannot be published as asked; the message names the fix."""
 
 
+def _check_encoding(model, folder: Path, dataset: str, split: str, encodings: Dict[str, str]) -> None:
+    """Refuse to measure ``model`` on ``dataset`` when its images are stored unlike the ones the model
+    recorded training on (a JPEG-trained model on the PNG copy, or the reverse). ``encodings`` caches
+    each split's encoding across models."""
+    from .data.encoding import image_encoding
+    from .data.hf import load_split, resolve_columns
+
+    if split not in encodings:
+        ds = load_split(dataset, split)
+        encodings[split] = image_encoding(ds, resolve_columns(ds)[0])
+    trained_on = (getattr(model, 'mislas_config', {}) or {}).get('image_encoding')
+    if trained_on and trained_on != encodings[split]:
+        raise ZooError(f'{folder} was trained on images stored as {trained_on} but {dataset} holds '
+                       f'{encodings[split]}: pass the copy it was trained on')
+
+
 def build(runs: str, dataset: str, only: Optional[Sequence[str]] = None, zoo_dir: Optional[Path] = None,
           entries: Optional[Sequence[ZooEntry]] = None, dataset_id: str = DATASET_ID,
           limitations: Optional[Sequence[str]] = None) -> List[Path]:
@@ -284,8 +310,6 @@ def build(runs: str, dataset: str, only: Optional[Sequence[str]] = None, zoo_dir
 
     Every selected run is checked before any is evaluated: it must have been trained on images encoded
     like ``dataset``'s (a model trained on a JPEG copy is not re-measured on the PNG one, or the reverse)."""
-    from .data.encoding import image_encoding
-    from .data.hf import load_split, resolve_columns
     from .evaluation import evaluate
     from .hub import check_card_matches_metrics, load_model, save_hub_folder
 
@@ -300,14 +324,8 @@ def build(runs: str, dataset: str, only: Optional[Sequence[str]] = None, zoo_dir
             continue
         run_metrics = json.loads((source / 'metrics.json').read_text())
         split = run_metrics.get('split', 'test')
-        if split not in encodings:
-            ds = load_split(dataset, split)
-            encodings[split] = image_encoding(ds, resolve_columns(ds)[0])
         model = load_model(str(source))
-        trained_on = (getattr(model, 'mislas_config', {}) or {}).get('image_encoding')
-        if trained_on and trained_on != encodings[split]:
-            raise ZooError(f'{source} was trained on images stored as {trained_on} but {dataset} holds '
-                           f'{encodings[split]}: pass --dataset the copy it was trained on')
+        _check_encoding(model, source, dataset, split, encodings)
         plan.append((entry, source, model, run_metrics, split))
     written = []
     for entry, source, model, run_metrics, split in plan:
@@ -358,7 +376,12 @@ def main(argv=None) -> int:
             print(f'wrote {path}')
         return 0
     if args.verify:
-        rows = verify(args.verify)
+        from .data.hf import DataError
+        try:
+            rows = verify(args.verify)
+        except (ZooError, DataError) as err:
+            print(f'error: {err}', file=sys.stderr)
+            return 2
         for r in rows:
             print(f'{r["name"]}: top-1 {100 * r["top1"]:.2f}% (card {100 * r["card_top1"]:.2f}%), '
                   f'ECE {100 * r["ece"]:.2f}% (card {100 * r["card_ece"]:.2f}%): {"OK" if r["ok"] else "MISMATCH"}')

@@ -342,24 +342,44 @@ def test_zoo_build_publishes_without_machine_paths(full_run, tiny_dataset_dir, t
     assert torch.equal(published(x), mislas_timm.load_model(str(full_run / 'stage2'))(x))
 
 
-def test_zoo_build_refuses_a_copy_encoded_unlike_the_training_data(full_run, tiny_dataset_dir, tmp_path):
-    """A model trained on PNG images is not re-measured on a JPEG copy (nor the reverse): one line, nothing written."""
+def jpeg_copy_of(dataset_dir: Path, out: Path) -> Path:
+    """``dataset_dir``'s splits with every image re-encoded as JPEG quality 75, as a parquet folder."""
     import datasets
-    from mislas_timm import zoo
 
-    jpeg_copy = tmp_path / 'tiny-jpeg'
     for split in ('train', 'test'):
-        ds = datasets.load_from_disk(str(tiny_dataset_dir))[split]
+        ds = datasets.load_from_disk(str(dataset_dir))[split]
         jpeg = [{'bytes': encode_image(image, 'JPEG', quality=75), 'path': None} for image in ds['img']]
         ds = datasets.Dataset.from_dict({'img': jpeg, 'label': ds['label']}, features=ds.features)
-        (jpeg_copy / 'data').mkdir(parents=True, exist_ok=True)
-        ds.to_parquet(str(jpeg_copy / 'data' / f'{split}-00000-of-00001.parquet'))
+        (out / 'data').mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(str(out / 'data' / f'{split}-00000-of-00001.parquet'))
+    return out
+
+
+def test_zoo_build_refuses_a_copy_encoded_unlike_the_training_data(full_run, tiny_dataset_dir, tmp_path):
+    """A model trained on PNG images is not re-measured on a JPEG copy (nor the reverse): one line, nothing written."""
+    from mislas_timm import zoo
+
+    jpeg_copy = jpeg_copy_of(tiny_dataset_dir, tmp_path / 'tiny-jpeg')
     runs = tmp_path / 'runs'
     shutil.copytree(full_run, runs / 'tiny-mixup')
     entry = zoo.ZooEntry('resnet20_cifar.tiny_mislas', 'a tiny test model', 'tiny-mixup/stage2')
     with pytest.raises(zoo.ZooError, match=r'trained on images stored as PNG \(lossless\) but .* holds JPEG quality 75'):
         zoo.build(str(runs), str(jpeg_copy), zoo_dir=tmp_path / 'zoo', entries=[entry])
     assert not (tmp_path / 'zoo').exists()
+
+
+def test_zoo_verify_refuses_a_copy_encoded_unlike_the_shipped_models(tiny_dataset_dir, tmp_path):
+    """--verify on a copy stored unlike the shipped models' training images: one line before any evaluation,
+    instead of a MISMATCH for a reason that is not the model's."""
+    from mislas_timm import zoo
+
+    recorded = {json.loads((e.folder / 'config.json').read_text())['mislas'].get('image_encoding')
+                for e in zoo.shipped()}
+    assert len(recorded) == 1, recorded  # one zoo, one copy of CIFAR-10
+    other = tiny_dataset_dir if 'JPEG' in recorded.pop() else jpeg_copy_of(tiny_dataset_dir, tmp_path / 'tiny-jpeg')
+    result = subprocess.run([sys.executable, '-m', 'mislas_timm.zoo', '--verify', str(other)], capture_output=True,
+                            text=True, env=ENV, cwd=ROOT, timeout=300)
+    one_line_error(result, 'was trained on images stored as', 'pass the copy it was trained on')
 
 
 @pytest.mark.parametrize('args,needles', [
