@@ -50,13 +50,13 @@ def data_note(encoding: Optional[str], dataset_id: str = DATASET_ID) -> str:
 
 # Which run folder of benchmarks/paper_runs.sh each zoo model comes from (RUNS/<run>/stage<N>).
 SOURCES: Dict[str, str] = {
-    'resnet32_cifar.cifar10_lt_if100_mislas': 'if100-mixup/stage2',
-    'resnet32_cifar.cifar10_lt_if50_mislas': 'if50-mixup/stage2',
-    'resnet32_cifar.cifar10_lt_if10_mislas': 'if10-mixup/stage2',
-    'resnet32_cifar.cifar10_lt_if100_ce': 'if100-ce/stage1',
-    'resnet32_cifar.cifar10_lt_if100_mixup': 'if100-mixup/stage1',
-    'resnet32_cifar.cifar10_lt_if100_crt': 'if100-crt/stage2',
-    'resnet32_cifar.cifar10_lt_if100_lws': 'if100-lws/stage2',
+    'resnet32_cifar.cifar10_lt_if100_mislas': 'if100-mixup-png/stage2',
+    'resnet32_cifar.cifar10_lt_if50_mislas': 'if50-mixup-png/stage2',
+    'resnet32_cifar.cifar10_lt_if10_mislas': 'if10-mixup-png/stage2',
+    'resnet32_cifar.cifar10_lt_if100_ce': 'if100-ce-png/stage1',
+    'resnet32_cifar.cifar10_lt_if100_mixup': 'if100-mixup-png/stage1',
+    'resnet32_cifar.cifar10_lt_if100_crt': 'if100-crt-png/stage2',
+    'resnet32_cifar.cifar10_lt_if100_lws': 'if100-lws-png/stage2',
 }
 
 # The paper's top-1 / ECE (%) for the same rows (DESIGN.md section 2; CE and mixup cited by the paper).
@@ -71,11 +71,12 @@ PAPER: Dict[str, tuple] = {
 }
 
 # Why a model misses the paper's top-1, by whether it trained on the original pixels (BENCHMARKS.md,
-# "Where the gap is": a 50-epoch control on the same images, seeds and code, JPEG copy vs PNG copy).
+# "Where the gap is": the same recipe, images, seeds and code on the JPEG copy and on the PNG copy).
 GAP_NOTES: Dict[bool, str] = {
-    False: ('Part of that is the data: this copy\'s images are a lossy re-export, and in a 50-epoch control with '
-            'the same images, seeds and code the original pixels gave 2.6 points more top-1 (BENCHMARKS.md, "Where '
-            'the gap is"). The reference code also reports its best test epoch where this card reports the last.'),
+    False: ('Most of that is the data: this copy\'s images are a lossy re-export, and the 200-epoch CIFAR-10-LT '
+            'IF100 runs with the same images, seeds and code gained 5.6-6.4 points of top-1 on the original pixels '
+            '(BENCHMARKS.md, "Where the gap is"). The reference code also reports its best test epoch where this '
+            'card reports the last.'),
     True: ('The reference code reports its best test epoch where this card reports the last, and both are single '
            'seeds (BENCHMARKS.md, "Where the gap is").'),
 }
@@ -84,7 +85,17 @@ GAP_NOTES: Dict[bool, str] = {
 # (``RUNS/<run>``, see SOURCES), so a model rebuilt from another run does not inherit them.
 _PAUSED_IF100_MIXUP = ('paused twice and resumed with --resume; the last resume (after epoch 92) changed from 1 to 2 '
                        'CPU threads, so it is not bit-reproducible across that point (same recipe and seeds)')
+_PAUSED_IF100_MIXUP_PNG = ('paused once (after epoch 120, when a session ended) and resumed with --resume, on one CPU '
+                           'thread of the same machine type before and after')
 RUN_NOTES: Dict[str, List[str]] = {
+    'if100-mixup-png': [f'The 200-epoch stage 1 was {_PAUSED_IF100_MIXUP_PNG}.'],
+    'if100-ce-png': [
+        'The 200-epoch stage 1 was paused once (after epoch 121, when a session ended) and resumed with --resume, '
+        'on one CPU thread of the same machine type before and after.'],
+    'if100-crt-png': [f'The stage 1 (the mixup stage 1 of resnet32_cifar.cifar10_lt_if100_mislas) was '
+                      f'{_PAUSED_IF100_MIXUP_PNG}.'],
+    'if100-lws-png': [f'The stage 1 (the mixup stage 1 of resnet32_cifar.cifar10_lt_if100_mislas) was '
+                      f'{_PAUSED_IF100_MIXUP_PNG}.'],
     'if100-mixup': [f'The 200-epoch stage 1 was {_PAUSED_IF100_MIXUP}.'],
     'if100-ce': [
         'The 200-epoch stage 1 was paused five times (after epochs 2, 2, 66, 137 and 140) and resumed with --resume, '
