@@ -343,15 +343,15 @@ def test_zoo_build_publishes_without_machine_paths(full_run, tiny_dataset_dir, t
 
 
 def jpeg_copy_of(dataset_dir: Path, out: Path) -> Path:
-    """``dataset_dir``'s splits with every image re-encoded as JPEG quality 75, as a parquet folder."""
+    """``dataset_dir``'s splits with every image re-encoded as JPEG quality 75, as a save_to_disk folder
+    (loading it prints no "Generating split" progress, so a CLI's stderr holds only its own message)."""
     import datasets
 
-    for split in ('train', 'test'):
-        ds = datasets.load_from_disk(str(dataset_dir))[split]
+    splits = {}
+    for split, ds in datasets.load_from_disk(str(dataset_dir)).items():
         jpeg = [{'bytes': encode_image(image, 'JPEG', quality=75), 'path': None} for image in ds['img']]
-        ds = datasets.Dataset.from_dict({'img': jpeg, 'label': ds['label']}, features=ds.features)
-        (out / 'data').mkdir(parents=True, exist_ok=True)
-        ds.to_parquet(str(out / 'data' / f'{split}-00000-of-00001.parquet'))
+        splits[split] = datasets.Dataset.from_dict({'img': jpeg, 'label': ds['label']}, features=ds.features)
+    datasets.DatasetDict(splits).save_to_disk(str(out))
     return out
 
 
