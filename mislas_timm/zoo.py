@@ -81,27 +81,20 @@ GAP_NOTES: Dict[bool, str] = {
            'seeds (BENCHMARKS.md, "Where the gap is").'),
 }
 
+
+def _paused_once(epoch: int) -> str:
+    return (f'paused once (after epoch {epoch}, when a session ended) and resumed with --resume, on one CPU '
+            'thread of the same machine type before and after')
+
+
 # What a card must say about how a run went, beyond what its files record; keyed by the run folder
 # (``RUNS/<run>``, see SOURCES), so a model rebuilt from another run does not inherit them.
-_PAUSED_IF100_MIXUP = ('paused twice and resumed with --resume; the last resume (after epoch 92) changed from 1 to 2 '
-                       'CPU threads, so it is not bit-reproducible across that point (same recipe and seeds)')
-_PAUSED_IF100_MIXUP_PNG = ('paused once (after epoch 120, when a session ended) and resumed with --resume, on one CPU '
-                           'thread of the same machine type before and after')
+_ON_THE_MIXUP_STAGE1 = 'The stage 1 (the mixup stage 1 of resnet32_cifar.cifar10_lt_if100_mislas) was '
 RUN_NOTES: Dict[str, List[str]] = {
-    'if100-mixup-png': [f'The 200-epoch stage 1 was {_PAUSED_IF100_MIXUP_PNG}.'],
-    'if100-ce-png': [
-        'The 200-epoch stage 1 was paused once (after epoch 121, when a session ended) and resumed with --resume, '
-        'on one CPU thread of the same machine type before and after.'],
-    'if100-crt-png': [f'The stage 1 (the mixup stage 1 of resnet32_cifar.cifar10_lt_if100_mislas) was '
-                      f'{_PAUSED_IF100_MIXUP_PNG}.'],
-    'if100-lws-png': [f'The stage 1 (the mixup stage 1 of resnet32_cifar.cifar10_lt_if100_mislas) was '
-                      f'{_PAUSED_IF100_MIXUP_PNG}.'],
-    'if100-mixup': [f'The 200-epoch stage 1 was {_PAUSED_IF100_MIXUP}.'],
-    'if100-ce': [
-        'The 200-epoch stage 1 was paused five times (after epochs 2, 2, 66, 137 and 140) and resumed with --resume, '
-        'always on one CPU thread of the same machine type.'],
-    'if100-crt': [f'The stage 1 (the mixup stage 1 of resnet32_cifar.cifar10_lt_if100_mislas) was {_PAUSED_IF100_MIXUP}.'],
-    'if100-lws': [f'The stage 1 (the mixup stage 1 of resnet32_cifar.cifar10_lt_if100_mislas) was {_PAUSED_IF100_MIXUP}.'],
+    'if100-mixup-png': [f'The 200-epoch stage 1 was {_paused_once(120)}.'],
+    'if100-ce-png': [f'The 200-epoch stage 1 was {_paused_once(121)}.'],
+    'if100-crt-png': [f'{_ON_THE_MIXUP_STAGE1}{_paused_once(120)}.'],
+    'if100-lws-png': [f'{_ON_THE_MIXUP_STAGE1}{_paused_once(120)}.'],
 }
 
 
@@ -179,7 +172,7 @@ def markdown_table() -> str:
     return '\n'.join(lines)
 
 
-def verify(dataset: str, tolerance: float = 1e-6, entries: Optional[Sequence[ZooEntry]] = None) -> List[Dict]:
+def verify(dataset: str, tolerance: float = 1e-6) -> List[Dict]:
     """Re-run the evaluator on every shipped model; compare its top-1 / ECE with metrics.json.
 
     Every model is checked before any is evaluated: ``dataset`` must hold images encoded like the ones
@@ -189,7 +182,7 @@ def verify(dataset: str, tolerance: float = 1e-6, entries: Optional[Sequence[Zoo
 
     checked = []
     encodings: Dict[str, str] = {}
-    for entry in entries or shipped():
+    for entry in shipped():
         saved = entry.metrics()
         if saved is None:
             raise ZooError(f'{entry.folder} has no metrics.json: rebuild it with python -m mislas_timm.zoo build')
@@ -376,27 +369,22 @@ def main(argv=None) -> int:
     b.add_argument('--limitation', action='append', default=[],
                    help='a line added to the cards\' limitations (the standard ones come from card_limitations)')
     args = parser.parse_args(argv)
-    if args.command == 'build':
-        from .data.hf import DataError
-        try:
-            paths = build(args.runs, args.dataset, only=args.only, limitations=args.limitation)
-        except (ZooError, DataError) as err:
-            print(f'error: {err}', file=sys.stderr)
-            return 2
-        for path in paths:
-            print(f'wrote {path}')
-        return 0
-    if args.verify:
-        from .data.hf import DataError
-        try:
+    from .data.hf import DataError
+    try:
+        if args.command == 'build':
+            for path in build(args.runs, args.dataset, only=args.only, limitations=args.limitation):
+                print(f'wrote {path}')
+            return 0
+        if args.verify:
             rows = verify(args.verify)
-        except (ZooError, DataError) as err:
-            print(f'error: {err}', file=sys.stderr)
-            return 2
-        for r in rows:
-            print(f'{r["name"]}: top-1 {100 * r["top1"]:.2f}% (card {100 * r["card_top1"]:.2f}%), '
-                  f'ECE {100 * r["ece"]:.2f}% (card {100 * r["card_ece"]:.2f}%): {"OK" if r["ok"] else "MISMATCH"}')
-        return 0 if all(r['ok'] for r in rows) else 1
+            for r in rows:
+                print(f'{r["name"]}: top-1 {100 * r["top1"]:.2f}% (card {100 * r["card_top1"]:.2f}%), '
+                      f'ECE {100 * r["ece"]:.2f}% (card {100 * r["card_ece"]:.2f}%): '
+                      f'{"OK" if r["ok"] else "MISMATCH"}')
+            return 0 if all(r['ok'] for r in rows) else 1
+    except (ZooError, DataError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
     print(markdown_table())
     return 0
 
