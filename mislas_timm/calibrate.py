@@ -33,6 +33,11 @@ class CalibrationError(ValueError):
 
 def require_validation_record(mislas: Dict[str, Any]) -> None:
     """Refuse a model whose config.json records no held-out validation split."""
+    source = mislas.get('val_source')
+    if source and source != 'held out of the training split':
+        raise CalibrationError(f'this model\'s validation images came from {source}; calibrate fits only on a '
+                               'split held out of a long-tail view (longtail.val_per_class), which it rebuilds from '
+                               'config.json: fit with mislas_timm.calibration on your own validation logits instead')
     if not mislas.get('val_sha256') or not mislas.get('val_per_class'):
         raise CalibrationError('this model was trained without a held-out validation split (config.json mislas has '
                                'no val_sha256 / val_per_class); retrain with --set longtail.val_per_class=20 (the '

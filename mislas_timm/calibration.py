@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .metrics import probability_sum_tolerance
 from .stage2 import classifier_path, is_stage2
 
 __all__ = [
@@ -80,14 +81,16 @@ def _labels(labels: Any, n: int, num_classes: int, what: str) -> torch.Tensor:
 def check_logits(logits: Any, labels: Any = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """``(logits, labels)`` as float64 / int64 CPU tensors, or a one-line ``ValueError``.
 
-    Refuses probabilities: a matrix whose rows are all non-negative and sum to 1 (within 1e-3) is
+    Refuses probabilities: a matrix whose rows are all non-negative and sum to 1 (within 1e-3, or
+    the input dtype's epsilon where larger: :func:`~mislas_timm.metrics.probability_sum_tolerance`) is
     what ``softmax`` returns, and calibrating it as logits would silently fit the wrong thing.
     Log-probabilities (``log_softmax``) are fine: softmax is invariant to a per-row shift.
     """
     z = _float_matrix(logits, 'logits')
     if z.shape[1] < 2:
         raise ValueError(f'logits must have at least 2 classes (columns), got {z.shape[1]}')
-    if float(z.min()) >= 0 and float((z.sum(dim=1) - 1).abs().max()) <= 1e-3:
+    tolerance = probability_sum_tolerance(torch.as_tensor(logits).dtype)  # bf16 probabilities sum to 1 +- 0.4%
+    if float(z.min()) >= 0 and float((z.sum(dim=1) - 1).abs().max()) <= tolerance:
         raise ValueError('these look like probabilities (non-negative rows summing to 1); pass logits '
                          '(the model output before softmax)')
     y = None if labels is None else _labels(labels, z.shape[0], z.shape[1], 'logits')

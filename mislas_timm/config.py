@@ -411,12 +411,26 @@ def _check_consistency(cfg: TrainConfig) -> None:
     if cfg.data.input_size[0] != len(cfg.data.mean) or len(cfg.data.mean) != len(cfg.data.std):
         raise ConfigError(f'config keys data.mean / data.std need one value per input channel '
                           f'({cfg.data.input_size[0]})')
+    _check_transform_options(cfg.data.train_transform_kwargs)
     split = cfg.groups.rank_split
     if split is not None and split[0] > split[1]:
         raise ConfigError(f'config key groups.rank_split: {split} must be increasing')
     n = cfg.dataset.num_classes
     if split is not None and n is not None and split[1] > n:
         raise ConfigError(f'config key groups.rank_split: {split} goes past dataset.num_classes ({n})')
+
+
+def _check_transform_options(kwargs: Dict[str, Any]) -> None:
+    """A misspelt augmentation option would otherwise change nothing, silently."""
+    from .data.hf import TRAIN_TRANSFORMS, train_transform_options
+
+    known = sorted({option for name in TRAIN_TRANSFORMS for option in train_transform_options(name)})
+    for key in kwargs:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}" if close else ''
+            raise ConfigError(f'config key data.train_transform_kwargs.{key}: no augmentation has this option '
+                              f'(known: {", ".join(known)}){hint}')
 
 
 def parse_config(raw: Dict[str, Any]) -> TrainConfig:

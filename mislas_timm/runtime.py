@@ -43,6 +43,7 @@ class RuntimeChoices:
     decode_once: bool
     device: str
     reason: str = ''
+    num_processes: int = 1
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)

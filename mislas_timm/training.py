@@ -20,7 +20,7 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -38,7 +38,7 @@ from .data.encoding import image_encoding
 from .data.longtail import class_counts as count_classes, longtail_view, split_sha256
 from .data.sampler import ClassAwareSampler, InstanceSampler, worker_generator
 from .evaluation import evaluate
-from .hub import HubError, load_model, save_hub_folder, write_json_atomic
+from .hub import HubError, load_model, resolve_source, save_hub_folder, write_json_atomic
 from .losses import BalancedSoftmaxCrossEntropy, LabelAwareSmoothing, mixup_batch, mixup_cross_entropy
 from .runtime import (RuntimeChoices, device_name, has_accelerator, load_pinned, resolve_channels_last,
                       resolve_mixed_precision, save_pinned)
@@ -240,14 +240,111 @@ def lr_multiplier(epoch: int, stage_cfg: StageConfig) -> float:
     raise ConfigError(f'unknown schedule {schedule!r}; use step or cosine')
 
 
+def _checkpoint_epoch(folder: Path) -> Optional[int]:
+    """The epoch a checkpoint folder completed, or None. progress.json is written last, so a folder
+    that has one holds a complete state."""
+    done = folder / 'progress.json'
+    return int(json.loads(done.read_text())['epoch']) if done.is_file() else None
+
+
+def _checkpoint_folders(root: Path, stage: str) -> List[Path]:
+    """Where a stage's state can be: in place, or half-way through the rotation of :meth:`Checkpointer.save`."""
+    return [root / stage, root / f'.{stage}.tmp', root / f'.{stage}.old']
+
+
+def checkpoint_exists(root: Path, stage: str) -> bool:
+    """Whether ``root`` holds a state of ``stage``, also one a crash left half-way through its rotation."""
+    path, *rotating = _checkpoint_folders(root, stage)
+    return path.exists() or any(_checkpoint_epoch(f) is not None for f in rotating)
+
+
+def _newest_progress(root: Path, stage: str) -> Optional[Dict[str, Any]]:
+    """progress.json of the newest complete state of ``stage`` (read only)."""
+    complete = [(epoch, f) for f in _checkpoint_folders(root, stage) if (epoch := _checkpoint_epoch(f)) is not None]
+    if not complete:
+        return None
+    return json.loads((max(complete, key=lambda item: item[0])[1] / 'progress.json').read_text())
+
+
+# What a resume may change: where the data lives (it moves with the machine), how the work runs
+# (runtime: checked by check_resumable), what only evaluation or the card reads, and a stage's lr
+# (lowered to get past a divergence). Everything else must be what the checkpoint was trained with.
+_RESUME_MAY_CHANGE = ('runtime.', 'dataset.source', 'dataset.data_root', 'dataset.train_list', 'dataset.test_list',
+                      'dataset.val_list', 'data.decode_once', 'data.num_workers', 'data.eval_batch_size',
+                      'description', 'preset', 'limitations')
+
+
+def stage_recipe(cfg: TrainConfig, stage: str, data_meta: Dict[str, Any]) -> Dict[str, Any]:
+    """The settings a checkpoint of ``stage`` (``stage1`` / ``stage2``) was trained with, flattened to
+    ``section.key``: everything but the other stage's section and :data:`_RESUME_MAY_CHANGE`, plus
+    which images it trained on (the kept indices' sha256, which --max-train-samples also changes, and
+    the image encoding)."""
+    other = 'stage2.' if stage == 'stage1' else 'stage1.'
+    flat: Dict[str, Any] = {key: data_meta.get(key) for key in ('split_sha256', 'image_encoding')}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f'{prefix}{key}.', item)
+        else:
+            flat[prefix[:-1]] = value
+
+    walk('', asdict(cfg))
+    may_change = _RESUME_MAY_CHANGE + (other, f'{stage}.lr')
+    return {k: v for k, v in flat.items() if not (k == f'{stage}.lr' or k.startswith(may_change))}
+
+
+def check_same_recipe(saved: Optional[Dict[str, Any]], current: Dict[str, Any], stage: str) -> None:
+    """Refuse a resume whose settings differ from those its checkpoint was trained with."""
+    if not saved:  # checkpoints written before the recipe was recorded
+        return
+    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if changed:
+        key = changed[0]
+        more = f' (and {len(changed) - 1} more: {", ".join(changed[1:4])})' if len(changed) > 1 else ''
+        raise ConfigError(f'--resume: {key} is {current.get(key)!r} but {stage} was checkpointed with '
+                          f'{saved.get(key)!r}{more}; resume with the settings the run started with, or start a new '
+                          '--output-dir')
+
+
+def recover_checkpoint(root: Path, stage: str) -> Optional[Path]:
+    """Put the newest complete state of ``stage`` in place and drop the other copies.
+
+    A process killed inside :meth:`Checkpointer.save` can leave the newest complete state in
+    ``.stage.tmp`` (with no ``stage`` folder at all) or a stale ``.stage.old``, which would make the
+    next rotation fail; the newest complete copy wins, so no finished epoch is lost."""
+    folders = _checkpoint_folders(root, stage)
+    complete = [(epoch, f) for f in folders if (epoch := _checkpoint_epoch(f)) is not None]
+    if not complete:
+        return None
+    _, newest = max(complete, key=lambda item: item[0])
+    path = folders[0]
+    if newest != path:
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(newest, path)
+    for stale in folders[1:]:
+        if stale.exists():
+            shutil.rmtree(stale)
+    return path
+
+
+def _pinned_differs(pinned: Optional[Dict[str, Any]], choices: RuntimeChoices) -> bool:
+    """Whether the pinned choices are missing or differ from ``choices`` (the reason text aside)."""
+    current = {k: v for k, v in choices.to_dict().items() if k != 'reason'}
+    return pinned is None or {k: v for k, v in pinned.items() if k != 'reason'} != current
+
+
 class Checkpointer:
     """One complete Accelerate state per stage under OUT/checkpoints, replaced atomically each epoch."""
 
-    def __init__(self, root: Path, stage: str, accelerator, choices: Optional[RuntimeChoices] = None):
+    def __init__(self, root: Path, stage: str, accelerator, choices: Optional[RuntimeChoices] = None,
+                 recipe: Optional[Dict[str, Any]] = None):
         self.root = root
         self.stage = stage
         self.accelerator = accelerator
         self.choices = choices
+        self.recipe = recipe
 
     @property
     def path(self) -> Path:
@@ -258,8 +355,7 @@ class Checkpointer:
         return json.loads(done.read_text()) if done.is_file() else None
 
     def latest_epoch(self) -> Optional[int]:
-        progress = self._progress()
-        return None if progress is None else int(progress['epoch'])
+        return _checkpoint_epoch(self.path)
 
     def train_time_s(self) -> float:
         """Seconds spent training this stage up to its last checkpoint, summed over resumes."""
@@ -268,7 +364,7 @@ class Checkpointer:
 
     def save(self, epoch: int, train_time_s: float = 0.0) -> None:
         acc = self.accelerator
-        tmp = self.root / f'.{self.stage}.tmp'
+        path, tmp, old = _checkpoint_folders(self.root, self.stage)
         if acc.is_main_process:
             self.root.mkdir(parents=True, exist_ok=True)
             if tmp.exists():
@@ -278,20 +374,27 @@ class Checkpointer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             write_json_atomic(tmp / 'progress.json', {'stage': self.stage, 'epoch': epoch,
-                                                      'train_time_s': train_time_s})
-            if self.choices is not None and not (self.root / 'runtime.json').is_file():
-                # Pinned with the first checkpoint: a run that failed before one left no state to resume.
-                save_pinned(self.root / 'runtime.json', self.choices)
-            old = self.root / f'.{self.stage}.old'
-            if self.path.exists():
-                os.replace(self.path, old)
-            os.replace(tmp, self.path)
+                                                      'train_time_s': train_time_s, 'recipe': self.recipe})
+            pinned = self.root / 'runtime.json'
+            if self.choices is not None and _pinned_differs(load_pinned(pinned), self.choices):
+                # Pinned with the checkpoint (a run that failed before one left no state to resume),
+                # and re-pinned when a later stage or resume resolved other choices: a resume
+                # continues the newest checkpoint, so it must find that one's choices.
+                save_pinned(pinned, self.choices)
+            if old.exists():  # left by a process killed while deleting it
+                shutil.rmtree(old)
+            if path.exists():
+                os.replace(path, old)
+            os.replace(tmp, path)
             if old.exists():
                 shutil.rmtree(old)
         acc.wait_for_everyone()
 
     def restore(self) -> int:
         """Load the last complete state; return the first epoch still to run."""
+        if self.accelerator.is_main_process:
+            recover_checkpoint(self.root, self.stage)
+        self.accelerator.wait_for_everyone()
         epoch = self.latest_epoch()
         if epoch is None:
             return 0
@@ -346,7 +449,10 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: TrainConfig
     # resumed stage 2 (without a stage 1 in this process) finds its own state as "model 0".
     accelerator.free_memory()
     model, optimizer = accelerator.prepare(spec.model, optimizer)
-    checkpointer = Checkpointer(out / 'checkpoints', spec.name, accelerator, choices)
+    recipe = stage_recipe(cfg, spec.name, data.meta)
+    if resume:  # before the first step: a resume with other settings would train a run nobody configured
+        check_same_recipe((_newest_progress(out / 'checkpoints', spec.name) or {}).get('recipe'), recipe, spec.name)
+    checkpointer = Checkpointer(out / 'checkpoints', spec.name, accelerator, choices, recipe)
     configured_lrs = [group['initial_lr'] for group in spec.param_groups]
     start_epoch = checkpointer.restore() if resume else 0
     train_time = checkpointer.train_time_s() if start_epoch else 0.0
@@ -624,7 +730,8 @@ def run_training(cfg: TrainConfig, *, output_dir: str, stage: str = 'all', init:
     if stage not in ('1', '2', 'all'):
         raise ConfigError(f'--stage must be 1, 2 or all, got {stage!r}')
     stages = ('1', '2') if stage == 'all' else (stage,)
-    taken = [s for s in stages if (out / 'checkpoints' / f'stage{s}').exists() or _stage_done(out / f'stage{s}')]
+    _check_init(init, stage, out)
+    taken = [s for s in stages if checkpoint_exists(out / 'checkpoints', f'stage{s}') or _stage_done(out / f'stage{s}')]
     if not resume and taken:
         raise ConfigError(f'{out} already holds stage {taken[0]} of a run; pass --resume to continue it or choose '
                           'another --output-dir')
@@ -639,6 +746,13 @@ def run_training(cfg: TrainConfig, *, output_dir: str, stage: str = 'all', init:
     accelerator = Accelerator(mixed_precision=choices.mixed_precision, log_with=report_to, cpu=use_cpu,
                               dynamo_backend='inductor' if choices.compile else 'no',
                               project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / 'logs')))
+    choices = RuntimeChoices(**{**choices.to_dict(), 'num_processes': accelerator.num_processes})
+    for s in stages:  # before stage 1's hours, not after them
+        _per_process_batch(getattr(cfg, f'stage{s}').batch_size, accelerator.num_processes)
+    resumed = [s for s in stages
+               if checkpoint_exists(out / 'checkpoints', f'stage{s}') and not _stage_done(out / f'stage{s}')]
+    if resume and pinned and resumed:
+        check_resumable(pinned, choices)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
@@ -677,8 +791,6 @@ def run_training(cfg: TrainConfig, *, output_dir: str, stage: str = 'all', init:
         written['stage1'] = out / 'stage1'
     if stage in ('2', 'all'):
         source = init or str(out / 'stage1')
-        if init is None and stage == '2' and not _stage_done(out / 'stage1'):
-            raise ConfigError(f'--stage 2 needs a stage-1 model: pass --init SOURCE (or run stage 1 into {out})')
         if resume and _stage_done(out / 'stage2'):
             logger.info('stage 2 already complete in %s', out / 'stage2')
         else:
@@ -701,6 +813,21 @@ def run_training(cfg: TrainConfig, *, output_dir: str, stage: str = 'all', init:
     if report_to:
         accelerator.end_training()
     return written
+
+
+def _check_init(init: Optional[str], stage: str, out: Path) -> None:
+    """``--init`` names the stage-1 model of a ``--stage 2`` run; check it before any work."""
+    if init is not None and stage != '2':
+        raise ConfigError(f'--init gives stage 2 its stage-1 model, so it applies with --stage 2 only (this is --stage '
+                          f'{stage}); to start stage 1 from other weights use --set model.trunk_weights=NAME')
+    if init is None:
+        if stage == '2' and not _stage_done(out / 'stage1'):
+            raise ConfigError(f'--stage 2 needs a stage-1 model: pass --init SOURCE (or run stage 1 into {out})')
+        return
+    try:
+        resolve_source(init)
+    except HubError as err:
+        raise ConfigError(f'--init: {err}') from None
 
 
 def _resolve_runtime(cfg: TrainConfig, requested: Dict[str, Any], pinned: Optional[Dict[str, Any]],
@@ -733,6 +860,27 @@ def _resolve_runtime(cfg: TrainConfig, requested: Dict[str, Any], pinned: Option
             and requested.get('mixed_precision', 'auto') == 'auto' else 'given explicitly'
     compile_model = wanted['compile'] is True
     return RuntimeChoices(precision, channels_last, compile_model, False, device_name(use_cpu), reason), notes
+
+
+def check_resumable(pinned: Dict[str, Any], choices: RuntimeChoices) -> None:
+    """Refuse, before any work, a resume whose checkpoint these choices cannot load.
+
+    The saved state's layout depends on them: torch.compile and more than one process prefix the
+    weight names (``_orig_mod.``, ``module.``), and only fp16 saves a gradient scaler."""
+    started = pinned.get('num_processes')
+    if started is not None and started != choices.num_processes:
+        raise ConfigError(f'--resume: the run was checkpointed by {started} process(es), this start has '
+                          f'{choices.num_processes}; resume with the same number (accelerate launch --num_processes '
+                          f'{started})')
+    if 'compile' in pinned and bool(pinned['compile']) != choices.compile:
+        flag = 'with --compile' if pinned['compile'] else 'without --compile'
+        raise ConfigError(f'--resume: the run started {flag} and its checkpoint holds the weights under those names; '
+                          f'resume {flag}')
+    was_fp16 = pinned.get('mixed_precision') == 'fp16'
+    if was_fp16 != (choices.mixed_precision == 'fp16'):
+        raise ConfigError(f'--resume: the run started in {pinned.get("mixed_precision")} and this start resolved '
+                          f'{choices.mixed_precision}; fp16 checkpoints hold a gradient scaler the others lack, so '
+                          f'resume with --mixed-precision {pinned.get("mixed_precision")}')
 
 
 def _setup_logging(path: Path, is_main: bool) -> None:

@@ -95,6 +95,8 @@ RUN_NOTES: Dict[str, List[str]] = {
     'if100-ce-png': [f'The 200-epoch stage 1 was {_paused_once(121)}.'],
     'if100-crt-png': [f'{_ON_THE_MIXUP_STAGE1}{_paused_once(120)}.'],
     'if100-lws-png': [f'{_ON_THE_MIXUP_STAGE1}{_paused_once(120)}.'],
+    'if50-mixup-png': [f'The 200-epoch stage 1 was {_paused_once(68)}.'],
+    'if10-mixup-png': [f'The 200-epoch stage 1 was {_paused_once(55)}.'],
 }
 
 
@@ -210,6 +212,24 @@ def _run_path(value: str) -> str:
     return f'runs/{path.name}'
 
 
+def _public_source(value: str) -> str:
+    """A model source (``--init``, the recorded stage-1 source) with any machine path made a run path:
+    zoo names and ``hf-hub:`` ids stay, ``local-dir:PATH`` and folders become ``runs/<run>/stage<N>``."""
+    if value.startswith('local-dir:'):
+        return 'local-dir:' + _run_path(value[len('local-dir:'):])
+    if ':' in value or '/' not in value:
+        return value
+    return _run_path(value)
+
+
+def _public_override(value: str) -> str:
+    """A ``--set key=value`` whose value is an absolute or home path keeps only the path's last part."""
+    key, eq, setting = value.partition('=')
+    if eq and setting.startswith(('/', '~')):
+        return f'{key}={Path(setting).name}'
+    return value
+
+
 # Flags whose value is a file of the user's own (a config, split lists): printed by file name.
 _FILE_FLAGS = ('--config', '--data-root', '--train-list', '--test-list', '--val-list')
 
@@ -231,7 +251,7 @@ def public_command(command: Optional[str], dataset_id: str = DATASET_ID) -> Opti
             continue
         flag, eq, value = arg.partition('=')
         handler = {'--dataset': lambda v: dataset_id, '--output-dir': _run_path,
-                   '--init': lambda v: v if ':' in v or '/' not in v else _run_path(v),
+                   '--init': _public_source, '--set': _public_override,
                    **{f: lambda v: Path(v).name for f in _FILE_FLAGS}}.get(flag)
         if handler is not None and eq:
             out.append(f'{flag}={handler(value)}')
@@ -255,8 +275,8 @@ def public_meta(meta: Dict[str, Any], dataset_id: str = DATASET_ID, encoding: Op
         if out['command'] and precision and '--mixed-precision' not in out['command']:
             # auto resolves per machine: the card states what this run used, so a rerun matches it
             out['command'] += f' --mixed-precision {precision}'
-    if isinstance(out.get('source'), str) and '/' in out['source'] and ':' not in out['source']:
-        out['source'] = _run_path(out['source'])
+    if isinstance(out.get('source'), str):
+        out['source'] = _public_source(out['source'])
     if isinstance(out.get('stage1'), dict):
         out['stage1'] = public_meta(out['stage1'], dataset_id)
         out['stage1'].pop('data_note', None)

@@ -226,6 +226,12 @@ def test_probabilities_are_refused():
         with pytest.raises(ValueError, match='these look like probabilities.*pass logits'):
             fn(logits.softmax(1))
     check_logits(logits.log_softmax(1), labels)  # log-probabilities are logits
+    # bf16 probabilities sum to 1 only within bf16's rounding (~0.4%): still refused.
+    wide = torch.randn(1000, 100, generator=torch.Generator().manual_seed(0)) * 3
+    assert float((wide.softmax(1).bfloat16().double().sum(1) - 1).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match='these look like probabilities'):
+        check_logits(wide.softmax(1).bfloat16())
+    check_logits(wide.bfloat16())
 
 
 def test_empty_validation_class_is_named():
@@ -423,3 +429,12 @@ def test_cli_refuses_other_validation_split(trained_folder, noisy_dataset_dir, t
     line = _one_line_error(capsys.readouterr().err)
     assert 'is not the one the model recorded' in line
     assert not out.exists()
+
+
+def test_validation_from_a_list_is_not_rebuilt_from_the_record():
+    from mislas_timm.calibrate import CalibrationError, require_validation_record
+    require_validation_record({'val_source': 'held out of the training split', 'val_sha256': 'ab', 'val_per_class': 20})
+    with pytest.raises(CalibrationError, match=r"came from split validation; .* own validation logits"):
+        require_validation_record({'val_source': 'split validation'})
+    with pytest.raises(CalibrationError, match='retrain with --set longtail.val_per_class=20'):
+        require_validation_record({'val_source': 'held out of the training split'})

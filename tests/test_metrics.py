@@ -81,6 +81,18 @@ def test_bad_input(probs, labels, match):
         ece(probs, labels)
 
 
+def test_bf16_probabilities_are_probabilities():
+    # A bf16 softmax row sums to 1 only within bf16's rounding (~0.4%), not within 1e-3.
+    logits = torch.randn(1000, 100, generator=torch.Generator().manual_seed(0)) * 3
+    probs = logits.softmax(1).bfloat16()
+    assert float((probs.double().sum(1) - 1).abs().max()) > 1e-3  # the case the tolerance is for
+    labels = torch.randint(0, 100, (1000,), generator=torch.Generator().manual_seed(1))
+    for metric in (ece, adaptive_ece, classwise_ece):
+        assert 0 <= metric(probs, labels) <= 1
+    with pytest.raises(ValueError, match='probabilities'):
+        ece(logits.bfloat16(), labels)  # bf16 logits are still refused
+
+
 def test_large_report_runs():
     # The speed target lives in BENCHMARKS.md; here only that a 1000-class report is correct in shape.
     probs = torch.randn(5000, 1000).softmax(1)

@@ -116,12 +116,88 @@ def test_resume_after_kill_matches_uninterrupted(full_run, tiny_config_file, tmp
     train('--config', tiny_config_file, '--output-dir', out, '--resume')
     log = (out / 'train.log').read_text()
     assert f'{die_stage}: resumed after epoch {die_epoch + 1}' in log
+    assert_same_weights(out, full_run)
+
+
+def assert_same_weights(run, reference):
     for stage in ('stage1', 'stage2'):
-        a = load_file(full_run / stage / 'model.safetensors')
-        b = load_file(out / stage / 'model.safetensors')
+        a = load_file(reference / stage / 'model.safetensors')
+        b = load_file(run / stage / 'model.safetensors')
         assert a.keys() == b.keys()
         for k in a:
             assert_close_f32(b[k], a[k], ulps=8, what=f'{stage} {k}')
+
+
+def test_resume_after_a_kill_inside_the_checkpoint_rotation(full_run, tiny_config_file, tmp_path):
+    """Killed between the renames of Checkpointer.save: the newest complete state is in .stage1.tmp, no
+    stage1 folder, and a half-deleted .stage1.old. The run is still found, and resumes from that state."""
+    out = tmp_path / 'rotating'
+    env = dict(ENV, DIE_STAGE='stage1', DIE_EPOCH='0')
+    killed = subprocess.run([sys.executable, '-c', RESUME_SCRIPT, '--config', str(tiny_config_file),
+                             '--output-dir', str(out)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert killed.returncode == 137, killed.stderr[-2000:]
+    checkpoints = out / 'checkpoints'
+    (checkpoints / 'stage1').rename(checkpoints / '.stage1.tmp')
+    (checkpoints / '.stage1.old').mkdir()
+    (checkpoints / '.stage1.old' / 'optimizer.bin').write_bytes(b'half deleted')
+    refused = train('--config', tiny_config_file, '--output-dir', out, check=False)
+    assert refused.returncode == 2 and '--resume' in refused.stderr
+    # The checkpoint's weight names depend on torch.compile: a mismatched resume stops before any work.
+    one_line_error(train('--config', tiny_config_file, '--output-dir', out, '--resume', '--compile', check=False),
+                   'started without --compile', 'resume without --compile')
+    # So do settings other than those the checkpoint was trained with (the lr may change: see the NaN test).
+    one_line_error(train('--config', tiny_config_file, '--output-dir', out, '--resume', '--set',
+                         'stage1.mixup_alpha=0', check=False), 'stage1.mixup_alpha is 0.0', 'checkpointed with 1.0')
+    assert (checkpoints / '.stage1.tmp' / 'progress.json').is_file()
+    train('--config', tiny_config_file, '--output-dir', out, '--resume')
+    assert 'stage1: resumed after epoch 1' in (out / 'train.log').read_text()
+    assert not (checkpoints / '.stage1.old').exists() and not (checkpoints / '.stage1.tmp').exists()
+    assert_same_weights(out, full_run)
+
+
+def test_checkpoint_recovery_takes_the_newest_complete_state(tmp_path):
+    from mislas_timm.training import checkpoint_exists, recover_checkpoint
+
+    def state(name, epoch=None):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / 'model.safetensors').write_text(name)
+        if epoch is not None:
+            (folder / 'progress.json').write_text(json.dumps({'stage': 'stage2', 'epoch': epoch}))
+
+    assert not checkpoint_exists(tmp_path, 'stage2') and recover_checkpoint(tmp_path, 'stage2') is None
+    state('.stage2.tmp')  # killed inside save_state: incomplete, not a run
+    assert not checkpoint_exists(tmp_path, 'stage2')
+    state('stage2', 4)
+    state('.stage2.old', 3)
+    assert recover_checkpoint(tmp_path, 'stage2') == tmp_path / 'stage2'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['stage2']
+    assert (tmp_path / 'stage2' / 'model.safetensors').read_text() == 'stage2'
+    (tmp_path / 'stage2').rename(tmp_path / '.stage2.old')
+    state('.stage2.tmp', 5)  # killed after stage2 -> .old, before .tmp -> stage2
+    assert checkpoint_exists(tmp_path, 'stage2')
+    recover_checkpoint(tmp_path, 'stage2')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['stage2']
+    assert json.loads((tmp_path / 'stage2' / 'progress.json').read_text())['epoch'] == 5
+
+
+@pytest.mark.parametrize('pinned,choices,needles', [
+    ({'num_processes': 2}, {}, ['2 process(es)', 'this start has 1', '--num_processes 2']),
+    ({'compile': True}, {}, ['started with --compile', 'resume with --compile']),
+    ({'mixed_precision': 'fp16'}, {}, ['started in fp16', 'resolved no', '--mixed-precision fp16']),
+    ({'mixed_precision': 'bf16'}, {'mixed_precision': 'fp16'}, ['started in bf16', '--mixed-precision bf16']),
+])
+def test_resume_refuses_choices_its_checkpoint_cannot_load(pinned, choices, needles):
+    from mislas_timm.config import ConfigError
+    from mislas_timm.runtime import RuntimeChoices
+    from mislas_timm.training import check_resumable
+    started = RuntimeChoices('no', True, False, True, 'cpu', num_processes=1)
+    check_resumable(started.to_dict(), started)  # the same choices (bf16 <-> no may also change: a logged note)
+    check_resumable({**started.to_dict(), 'mixed_precision': 'bf16'}, started)
+    check_resumable({'mixed_precision': 'no'}, started)  # runs pinned before num_processes was recorded
+    with pytest.raises(ConfigError) as err:
+        check_resumable({**started.to_dict(), **pinned}, RuntimeChoices(**{**started.to_dict(), **choices}))
+    assert all(n in str(err.value) for n in needles), str(err.value)
 
 
 def test_two_processes_count_every_sample_once(full_run, tiny_config_file, tiny_dataset_dir, tmp_path):
@@ -388,6 +464,11 @@ def test_zoo_verify_refuses_a_copy_encoded_unlike_the_shipped_models(tiny_datase
     (['--epochs', '-3'], ['stage1.epochs', '>= 1']),
     (['--set', 'stage2.loss=focal'], ['stage2.loss', 'las, ce']),
     (['--set', 'longtail.imb_factor=100'], ['imb_factor=100', 'leaves classes [3] with 0 images']),
+    (['--init', 'resnet32_cifar.cifar10_lt_if100_mislas'], ['--init', 'applies with --stage 2 only', 'trunk_weights']),
+    (['--stage', '1', '--init', 'somewhere'], ['--init', 'this is --stage 1']),
+    (['--stage', '2', '--init', 'no/such/folder'], ['--init', "unknown model source 'no/such/folder'"]),
+    (['--stage', '2'], ['--stage 2 needs a stage-1 model', '--init SOURCE']),
+    (['--set', 'data.train_transform_kwargs.paddding=8'], ['train_transform_kwargs.paddding', "did you mean 'padding'"]),
 ])
 def test_bad_configuration_stops_before_any_work(tiny_config_file, tmp_path, args, needles):
     out = tmp_path / 'bad'

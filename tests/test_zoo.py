@@ -14,7 +14,7 @@ from mislas_timm import zoo
 from mislas_timm.hub import HUB_FILES, check_card_matches_metrics, prepare_upload
 from mislas_timm.hub.card import card_front_matter
 
-from .hub_fixtures import CIFAR10_LT_COUNTS, CIFAR10_NAMES
+from .hub_fixtures import CIFAR10_NAMES
 
 ENTRIES = zoo.shipped()
 
@@ -89,13 +89,16 @@ def test_shipped_folder_agrees_with_itself(entry):
     check_card_matches_metrics(card, metrics)
     assert config['architecture'] == 'resnet32_cifar' and config['label_names'] == CIFAR10_NAMES
     counts = config['mislas']['class_counts']
-    assert counts == metrics['class_counts'] and counts[1:] == CIFAR10_LT_COUNTS[1:]
+    imb_factor = config['mislas']['imb_factor']
+    assert imb_factor in (100, 50, 10) and entry.tag.startswith(f'cifar10_lt_if{imb_factor}_')
+    kept = mislas_timm.longtail_counts(5000, 10, imb_factor)
+    assert counts == metrics['class_counts'] and counts[1:] == kept[1:]
     if config['mislas'].get('val_sha256'):  # the head class gave its 20 validation images out of its 5,000
-        assert counts[0] + config['mislas']['val_counts'][0] == CIFAR10_LT_COUNTS[0] == 5000
+        assert counts[0] + config['mislas']['val_counts'][0] == kept[0] == 5000
     else:
-        assert counts[0] == CIFAR10_LT_COUNTS[0]
+        assert counts[0] == kept[0]
     assert zoo.stage1_epochs(config['mislas']) in (30, 200)
-    assert config['mislas']['imb_factor'] == 100 and config['mislas']['data_seed'] == 0
+    assert config['mislas']['data_seed'] == 0
     assert config['mislas']['preset'] in ('cifar10-lt-if100-cpu', 'cifar10-lt-if100', 'cifar10-lt-if50', 'cifar10-lt-if10')
     assert metrics['num_samples'] == 10_000 and metrics['split'] == 'test'
     front = card_front_matter(card)
@@ -103,7 +106,7 @@ def test_shipped_folder_agrees_with_itself(entry):
     assert front['datasets'] == ['uoft-cs/cifar10']
     for key in ('many_top1', 'medium_top1', 'head_top1', 'med_top1', 'tail_top1'):
         assert f'{100 * metrics[key]:.2f}' in card
-    assert metrics['few_top1'] is None  # CIFAR-10-LT IF100 has no class with < 20 images
+    assert metrics['few_top1'] is None  # CIFAR-10-LT (IF <= 100) has no class with < 20 images
     assert entry.hub_id in card and 'import mislas_timm' in card
     assert (folder / 'model.safetensors').stat().st_size < 3_000_000
 
@@ -159,3 +162,17 @@ def test_shipped_card_states_the_standard_limitations(entry):
     stated = card.split('## Limitations', 1)[1].split('## Citation', 1)[0]
     for line in zoo.card_limitations(entry.name, mislas, metrics['top1'], entry.source.split('/')[0]):
         assert f'- {line}\n' in stated, line
+
+
+def test_public_command_leaves_no_machine_path():
+    command = ('/home/u/clone/train.py --preset cifar10-lt-if100 --dataset /data/c10 --output-dir /home/u/runs/a '
+               '--stage 2 --init local-dir:/home/u/runs/b/stage1 --set dataset.data_root=/mnt/images '
+               '--set stage1.milestones=[160,180] --set=model.trunk_weights=~/w.safetensors')
+    public = zoo.public_command(command)
+    assert public == ("python train.py --preset cifar10-lt-if100 --dataset uoft-cs/cifar10 --output-dir runs/a "
+                      "--stage 2 --init local-dir:runs/b/stage1 --set dataset.data_root=images "
+                      "--set 'stage1.milestones=[160,180]' --set=model.trunk_weights=w.safetensors")
+    for source, shown in (('local-dir:/x/runs/c/stage1', 'local-dir:runs/c/stage1'), ('/x/runs/c/stage1', 'runs/c/stage1'),
+                          ('hf-hub:mislas-timm/x', 'hf-hub:mislas-timm/x'),
+                          ('resnet32_cifar.cifar10_lt_if100_mixup', 'resnet32_cifar.cifar10_lt_if100_mixup')):
+        assert zoo.public_meta({'source': source})['source'] == shown

@@ -376,13 +376,13 @@ class ImageClassificationView(TorchDataset):
         return self.transform(to_model_mode(image, self.in_chans)), int(row[self.label_column])
 
 
-def _cifar_train(input_size: int, mean, std, padding: int = 4, **_) -> Callable:
+def _cifar_train(input_size: int, mean, std, padding: int = 4) -> Callable:
     """Reference CIFAR augmentation: 4-pixel-padded random crop + horizontal flip."""
     return T.Compose([T.RandomCrop(input_size, padding=padding), T.RandomHorizontalFlip(),
                       T.ToTensor(), T.Normalize(mean, std)])
 
 
-def _imagenet_train(input_size: int, mean, std, color_jitter: float = 0.4, **_) -> Callable:
+def _imagenet_train(input_size: int, mean, std, color_jitter: float = 0.4) -> Callable:
     """Reference large-set augmentation: random resized crop, flip, colour jitter."""
     ops = [T.RandomResizedCrop(input_size), T.RandomHorizontalFlip()]
     if color_jitter:
@@ -394,10 +394,20 @@ def _imagenet_train(input_size: int, mean, std, color_jitter: float = 0.4, **_) 
 TRAIN_TRANSFORMS: Dict[str, Callable[..., Callable]] = {'cifar': _cifar_train, 'imagenet': _imagenet_train}
 
 
+def train_transform_options(name: str) -> Tuple[str, ...]:
+    """The keyword options of a named training augmentation (``data.train_transform_kwargs``)."""
+    import inspect
+    params = list(inspect.signature(TRAIN_TRANSFORMS[name]).parameters)
+    return tuple(params[3:])  # after input_size, mean, std
+
+
 def build_train_transform(name: str, data_config: Dict, **kwargs) -> Callable:
+    """The named augmentation; options of the other augmentations (a preset's, e.g. the CIFAR family's
+    padding under --set data.train_transform=imagenet) are not its own and are left out."""
     if name not in TRAIN_TRANSFORMS:
         raise DataError(f'unknown train transform {name!r}; choose one of {sorted(TRAIN_TRANSFORMS)}')
-    return TRAIN_TRANSFORMS[name](data_config['input_size'][-1], data_config['mean'], data_config['std'], **kwargs)
+    own = {k: v for k, v in kwargs.items() if k in train_transform_options(name)}
+    return TRAIN_TRANSFORMS[name](data_config['input_size'][-1], data_config['mean'], data_config['std'], **own)
 
 
 def build_eval_transform(model: torch.nn.Module) -> Callable:
