@@ -384,11 +384,15 @@ def fold_tau_norm(model: nn.Module, tau: float, bias_mode: str = 'scale') -> nn.
     return _with_classifier(model, w_tau, b_tau)
 
 
+def _require_bias(fc: nn.Linear) -> None:
+    if fc.bias is None:
+        raise ValueError('the classifier has no bias to fold the logit adjustment into; use a head with bias=True')
+
+
 def fold_logit_adjustment(model: nn.Module, class_counts: Sequence[int], tau: float) -> nn.Module:
     """A new model with logits ``z_k - tau * log(pi_k)``: classifier bias ``b_k - tau * log(pi_k)``."""
     fc = _linear(model)
-    if fc.bias is None:
-        raise ValueError('the classifier has no bias to fold the logit adjustment into; use a head with bias=True')
+    _require_bias(fc)
     prior = log_prior(class_counts)
     if prior.shape[0] != fc.out_features:
         raise ValueError(f'class_counts has {prior.shape[0]} classes but the model has {fc.out_features}; '
@@ -441,6 +445,8 @@ def calibrate_model(model: nn.Module, method: str, features: Any, labels: Any,
     if method not in METHODS:
         raise ValueError(f'unknown post-hoc method {method!r}: choose one of {", ".join(METHODS)}')
     fc = _linear(model)
+    if method == 'logit_adjust':  # refused before the fit, not after it
+        _require_bias(fc)
     w = fc.weight.detach().double()
     b = fc.bias.detach().double() if fc.bias is not None else None
     if method == 'tau_norm':

@@ -243,6 +243,14 @@ def test_empty_validation_class_is_named():
         fit_logit_adjustment(logits, labels, COUNTS)
 
 
+def _without_bias(model):
+    import copy
+    model = copy.deepcopy(model)
+    fc = model.get_classifier()
+    model.fc = torch.nn.Linear(fc.in_features, fc.out_features, bias=False)
+    return model
+
+
 def test_bad_inputs_raise_one_line_errors(small_model):
     logits, labels = synthetic_logits(1.0, n=40, k=4)
     cases = [
@@ -257,6 +265,9 @@ def test_bad_inputs_raise_one_line_errors(small_model):
         (lambda: fold_temperature(small_model, -1.0), 'temperature must be a finite number > 0'),
         (lambda: fold_tau_norm(to_stage2(small_model), 1.0), 'fold_head'),
         (lambda: fit_temperature(torch.full((4, 3), float('nan')), labels[:4]), 'NaN or inf'),
+        # A bias-free classifier is refused before the fit (these labels would fail the fit otherwise).
+        (lambda: calibrate_model(_without_bias(small_model), 'logit_adjust', torch.randn(8, 64), labels[:8] * 0,
+                                 COUNTS), 'no bias to fold the logit adjustment into'),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message) as info:
