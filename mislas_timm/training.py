@@ -270,8 +270,8 @@ def _newest_progress(root: Path, stage: str) -> Optional[Dict[str, Any]]:
 # (runtime: checked by check_resumable), what only evaluation or the card reads, and a stage's lr
 # (lowered to get past a divergence). Everything else must be what the checkpoint was trained with.
 _RESUME_MAY_CHANGE = ('runtime.', 'dataset.source', 'dataset.data_root', 'dataset.train_list', 'dataset.test_list',
-                      'dataset.val_list', 'data.decode_once', 'data.num_workers', 'data.eval_batch_size',
-                      'description', 'preset', 'limitations')
+                      'dataset.val_list', 'dataset.test_split', 'data.decode_once', 'data.num_workers',
+                      'data.eval_batch_size', 'data.crop_pct', 'groups.', 'description', 'preset', 'limitations')
 
 
 def stage_recipe(cfg: TrainConfig, stage: str, data_meta: Dict[str, Any]) -> Dict[str, Any]:
@@ -291,7 +291,8 @@ def stage_recipe(cfg: TrainConfig, stage: str, data_meta: Dict[str, Any]) -> Dic
 
     walk('', asdict(cfg))
     may_change = _RESUME_MAY_CHANGE + (other, f'{stage}.lr')
-    return {k: v for k, v in flat.items() if not (k == f'{stage}.lr' or k.startswith(may_change))}
+    kept = {k: v for k, v in flat.items() if not (k == f'{stage}.lr' or k.startswith(may_change))}
+    return json.loads(json.dumps(kept, default=str))  # as progress.json gives it back: tuples are lists
 
 
 def check_same_recipe(saved: Optional[Dict[str, Any]], current: Dict[str, Any], stage: str) -> None:

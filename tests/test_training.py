@@ -486,3 +486,24 @@ def test_typo_in_a_config_file_is_refused(tiny_config_file, tmp_path):
     one_line_error(train('--config', typo, '--output-dir', tmp_path / 'out', check=False),
                    'unknown config key stage2.smoth_head', "did you mean 'smooth_head'")
     assert not (tmp_path / 'out').exists()
+
+
+def test_stage_recipe_keeps_what_a_resume_must_not_change():
+    from mislas_timm.config import ConfigError, apply_overrides, load_preset, parse_config
+    from mislas_timm.training import check_same_recipe, stage_recipe
+    raw = load_preset('cifar10-lt-if100')
+    meta = {'split_sha256': 'abc', 'image_encoding': 'PNG (lossless)'}
+    started = stage_recipe(parse_config(raw), 'stage1', meta)
+    assert started['stage1.epochs'] == 200 and started['longtail.imb_factor'] == 100
+    assert started['data.mean'] == list(parse_config(raw).data.mean)  # as progress.json returns it
+    assert not any(k.startswith(('stage2.', 'runtime.')) or k in ('stage1.lr', 'dataset.source') for k in started)
+    for allowed in (['stage1.lr=0.01'], ['dataset.source=/elsewhere/cifar10'], ['stage2.epochs=3'],
+                    ['runtime.mixed_precision=no']):
+        check_same_recipe(started, stage_recipe(parse_config(apply_overrides(raw, allowed)), 'stage1', meta), 'stage1')
+    with pytest.raises(ConfigError, match='stage1.epochs is 100 but stage1 was checkpointed with 200'):
+        check_same_recipe(started, stage_recipe(parse_config(apply_overrides(raw, ['stage1.epochs=100'])), 'stage1',
+                                                meta), 'stage1')
+    with pytest.raises(ConfigError, match="split_sha256 is 'other'"):  # e.g. another --max-train-samples
+        check_same_recipe(started, stage_recipe(parse_config(raw), 'stage1', dict(meta, split_sha256='other')),
+                          'stage1')
+    check_same_recipe(None, started, 'stage1')  # checkpoints from before the recipe was recorded
