@@ -258,12 +258,16 @@ def checkpoint_exists(root: Path, stage: str) -> bool:
     return path.exists() or any(_checkpoint_epoch(f) is not None for f in rotating)
 
 
+def _newest_complete(root: Path, stage: str) -> Optional[Path]:
+    """The folder holding the newest complete state of ``stage`` (in place or mid-rotation), or None."""
+    complete = [(epoch, f) for f in _checkpoint_folders(root, stage) if (epoch := _checkpoint_epoch(f)) is not None]
+    return max(complete, key=lambda item: item[0])[1] if complete else None
+
+
 def _newest_progress(root: Path, stage: str) -> Optional[Dict[str, Any]]:
     """progress.json of the newest complete state of ``stage`` (read only)."""
-    complete = [(epoch, f) for f in _checkpoint_folders(root, stage) if (epoch := _checkpoint_epoch(f)) is not None]
-    if not complete:
-        return None
-    return json.loads((max(complete, key=lambda item: item[0])[1] / 'progress.json').read_text())
+    newest = _newest_complete(root, stage)
+    return None if newest is None else json.loads((newest / 'progress.json').read_text())
 
 
 # What a resume may change: where the data lives (it moves with the machine), how the work runs
@@ -290,8 +294,8 @@ def stage_recipe(cfg: TrainConfig, stage: str, data_meta: Dict[str, Any]) -> Dic
             flat[prefix[:-1]] = value
 
     walk('', asdict(cfg))
-    may_change = _RESUME_MAY_CHANGE + (other, f'{stage}.lr')
-    kept = {k: v for k, v in flat.items() if not (k == f'{stage}.lr' or k.startswith(may_change))}
+    # The stage's lr by exact name: a prefix would also let stage2.lr_factor change.
+    kept = {k: v for k, v in flat.items() if not (k == f'{stage}.lr' or k.startswith(_RESUME_MAY_CHANGE + (other,)))}
     return json.loads(json.dumps(kept, default=str))  # as progress.json gives it back: tuples are lists
 
 
@@ -314,17 +318,15 @@ def recover_checkpoint(root: Path, stage: str) -> Optional[Path]:
     A process killed inside :meth:`Checkpointer.save` can leave the newest complete state in
     ``.stage.tmp`` (with no ``stage`` folder at all) or a stale ``.stage.old``, which would make the
     next rotation fail; the newest complete copy wins, so no finished epoch is lost."""
-    folders = _checkpoint_folders(root, stage)
-    complete = [(epoch, f) for f in folders if (epoch := _checkpoint_epoch(f)) is not None]
-    if not complete:
+    newest = _newest_complete(root, stage)
+    if newest is None:
         return None
-    _, newest = max(complete, key=lambda item: item[0])
-    path = folders[0]
+    path, *rotating = _checkpoint_folders(root, stage)
     if newest != path:
         if path.exists():
             shutil.rmtree(path)
         os.replace(newest, path)
-    for stale in folders[1:]:
+    for stale in rotating:
         if stale.exists():
             shutil.rmtree(stale)
     return path
@@ -750,8 +752,7 @@ def run_training(cfg: TrainConfig, *, output_dir: str, stage: str = 'all', init:
     choices = RuntimeChoices(**{**choices.to_dict(), 'num_processes': accelerator.num_processes})
     for s in stages:  # before stage 1's hours, not after them
         _per_process_batch(getattr(cfg, f'stage{s}').batch_size, accelerator.num_processes)
-    resumed = [s for s in stages
-               if checkpoint_exists(out / 'checkpoints', f'stage{s}') and not _stage_done(out / f'stage{s}')]
+    resumed = [s for s in taken if not _stage_done(out / f'stage{s}')]  # a checkpoint of an unfinished stage
     if resume and pinned and resumed:
         check_resumable(pinned, choices)
     if accelerator.is_main_process:

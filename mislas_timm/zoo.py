@@ -82,21 +82,28 @@ GAP_NOTES: Dict[bool, str] = {
 }
 
 
-def _paused_once(epoch: int) -> str:
-    return (f'paused once (after epoch {epoch}, when a session ended) and resumed with --resume, on one CPU '
-            'thread of the same machine type before and after')
+def _paused(*epochs: int) -> str:
+    """How a stage-1 run that a session stop interrupted went on; ``epochs``: the last complete epoch at each stop."""
+    if len(epochs) == 1:
+        when = f'once (after epoch {epochs[0]}, when a session ended)'
+    else:
+        counts = {2: 'twice', 3: 'three times'}
+        listed = ', '.join(map(str, epochs[:-1])) + f' and {epochs[-1]}'
+        when = f'{counts.get(len(epochs), f"{len(epochs)} times")} (after epochs {listed}, each time when a session ended)'
+    return (f'paused {when} and resumed with --resume, on one CPU thread of the same machine type before and '
+            'after')
 
 
 # What a card must say about how a run went, beyond what its files record; keyed by the run folder
 # (``RUNS/<run>``, see SOURCES), so a model rebuilt from another run does not inherit them.
 _ON_THE_MIXUP_STAGE1 = 'The stage 1 (the mixup stage 1 of resnet32_cifar.cifar10_lt_if100_mislas) was '
 RUN_NOTES: Dict[str, List[str]] = {
-    'if100-mixup-png': [f'The 200-epoch stage 1 was {_paused_once(120)}.'],
-    'if100-ce-png': [f'The 200-epoch stage 1 was {_paused_once(121)}.'],
-    'if100-crt-png': [f'{_ON_THE_MIXUP_STAGE1}{_paused_once(120)}.'],
-    'if100-lws-png': [f'{_ON_THE_MIXUP_STAGE1}{_paused_once(120)}.'],
-    'if50-mixup-png': [f'The 200-epoch stage 1 was {_paused_once(68)}.'],
-    'if10-mixup-png': [f'The 200-epoch stage 1 was {_paused_once(55)}.'],
+    'if100-mixup-png': [f'The 200-epoch stage 1 was {_paused(120)}.'],
+    'if100-ce-png': [f'The 200-epoch stage 1 was {_paused(121)}.'],
+    'if100-crt-png': [f'{_ON_THE_MIXUP_STAGE1}{_paused(120)}.'],
+    'if100-lws-png': [f'{_ON_THE_MIXUP_STAGE1}{_paused(120)}.'],
+    'if50-mixup-png': [f'The 200-epoch stage 1 was {_paused(68)}.'],
+    'if10-mixup-png': [f'The 200-epoch stage 1 was {_paused(55, 192)}.'],
 }
 
 

@@ -497,6 +497,8 @@ def test_stage_recipe_keeps_what_a_resume_must_not_change():
     assert started['stage1.epochs'] == 200 and started['longtail.imb_factor'] == 100
     assert started['data.mean'] == list(parse_config(raw).data.mean)  # as progress.json returns it
     assert not any(k.startswith(('stage2.', 'runtime.')) or k in ('stage1.lr', 'dataset.source') for k in started)
+    stage2 = stage_recipe(parse_config(raw), 'stage2', meta)
+    assert 'stage2.lr' not in stage2 and stage2['stage2.lr_factor'] == parse_config(raw).stage2.lr_factor
     for allowed in (['stage1.lr=0.01'], ['dataset.source=/elsewhere/cifar10'], ['stage2.epochs=3'],
                     ['runtime.mixed_precision=no']):
         check_same_recipe(started, stage_recipe(parse_config(apply_overrides(raw, allowed)), 'stage1', meta), 'stage1')

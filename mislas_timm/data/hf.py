@@ -406,7 +406,8 @@ def build_train_transform(name: str, data_config: Dict, **kwargs) -> Callable:
     padding under --set data.train_transform=imagenet) are not its own and are left out."""
     if name not in TRAIN_TRANSFORMS:
         raise DataError(f'unknown train transform {name!r}; choose one of {sorted(TRAIN_TRANSFORMS)}')
-    own = {k: v for k, v in kwargs.items() if k in train_transform_options(name)}
+    options = train_transform_options(name)
+    own = {k: v for k, v in kwargs.items() if k in options}
     return TRAIN_TRANSFORMS[name](data_config['input_size'][-1], data_config['mean'], data_config['std'], **own)
 
 
