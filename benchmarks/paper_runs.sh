@@ -6,7 +6,8 @@
 #   benchmarks/paper_runs.sh CODE_DIR DATA_DIR RUNS_DIR NAME
 #
 # IF-mixup-s2-seedN (e.g. if10-mixup-s2-seed1) retrains only the MiSLAS stage 2 of IF-mixup with
-# training seed N, on the same stage 1: the spread of stage 2 over seeds.
+# training seed N, on the same stage 1: the spread of stage 2 over seeds; IF-mixup-seedN trains both
+# stages again with training seed N (the data seed, hence the kept images, stays 0).
 # A NAME ending in -png runs the recipe of NAME without it (cRT / LWS start from if100-mixup-png); pass the PNG-exact CIFAR-10 of benchmarks/cifar10_png.py as
 # DATA_DIR (the JPEG copy and the PNG copy then differ in nothing but the compression).
 # CODE_DIR: a checkout frozen at one commit (git worktree add), so later edits do not change a
@@ -28,6 +29,7 @@ case "$recipe" in
   if*-mixup-s2-seed*)                                                                  # stage-2 seed spread:
                 args=(--preset "cifar10-lt-${recipe%%-*}" --stage 2 --init "$runs/${recipe%-s2-seed*}$suffix/stage1"
                       --set "seed=${recipe##*-seed}") ;;                                 # MiSLAS stage 2, seed N
+  if*-mixup-seed*) args=(--preset "cifar10-lt-${recipe%%-*}" --set "seed=${recipe##*-seed}") ;;  # both stages, seed N
   if100-mixup-50ep) args=(--preset cifar10-lt-if100 --stage 1 --set stage1.epochs=50
                       --set 'stage1.milestones=[40,45]') ;;                               # control: vs reference_loop.py
   if100-mixup-50ep-wd5e-4) args=(--preset cifar10-lt-if100 --stage 1 --set stage1.epochs=50
