@@ -16,6 +16,12 @@ set -euo pipefail
 code=${1:?CODE_DIR}; data=${2:?DATA_DIR}; runs=${3:?RUNS_DIR}; name=${4:?NAME}
 py=${PYTHON:-python}
 recipe=${name%-png}; suffix=${name#"$recipe"}
+if [[ $recipe =~ ^if([0-9]+)-mixup-s2-seed([0-9]+)$ ]]; then  # stage-2 seed spread: MiSLAS stage 2, seed N
+  args=(--preset "cifar10-lt-if${BASH_REMATCH[1]}" --stage 2 --init "$runs/if${BASH_REMATCH[1]}-mixup$suffix/stage1"
+        --set "seed=${BASH_REMATCH[2]}")
+elif [[ $recipe =~ ^if([0-9]+)-mixup-seed([0-9]+)$ ]]; then   # both stages again, seed N
+  args=(--preset "cifar10-lt-if${BASH_REMATCH[1]}" --set "seed=${BASH_REMATCH[2]}")
+else
 case "$recipe" in
   if100-mixup)  args=(--preset cifar10-lt-if100) ;;                                  # stage 1 mixup + MiSLAS stage 2
   if100-ce)     args=(--preset cifar10-lt-if100 --stage 1 --set stage1.mixup_alpha=0) ;;
@@ -26,10 +32,6 @@ case "$recipe" in
                       --set stage2.head=crt --set stage2.loss=ce) ;;                    # cRT on the mixup stage 1
   if100-lws)    args=(--preset cifar10-lt-if100 --stage 2 --init "$runs/if100-mixup$suffix/stage1"
                       --set stage2.head=lws --set stage2.loss=ce) ;;                    # LWS on the mixup stage 1
-  if*-mixup-s2-seed*)                                                                  # stage-2 seed spread:
-                args=(--preset "cifar10-lt-${recipe%%-*}" --stage 2 --init "$runs/${recipe%-s2-seed*}$suffix/stage1"
-                      --set "seed=${recipe##*-seed}") ;;                                 # MiSLAS stage 2, seed N
-  if*-mixup-seed*) args=(--preset "cifar10-lt-${recipe%%-*}" --set "seed=${recipe##*-seed}") ;;  # both stages, seed N
   if100-mixup-50ep) args=(--preset cifar10-lt-if100 --stage 1 --set stage1.epochs=50
                       --set 'stage1.milestones=[40,45]') ;;                               # control: vs reference_loop.py
   if100-mixup-50ep-wd5e-4) args=(--preset cifar10-lt-if100 --stage 1 --set stage1.epochs=50
@@ -38,6 +40,7 @@ case "$recipe" in
   cpu-bf16)     args=(--preset cifar10-lt-if100-cpu --mixed-precision bf16) ;;
   *) echo "unknown run $name" >&2; exit 2 ;;
 esac
+fi
 mkdir -p "$runs/$name"
 cd "$code"
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONPATH="$code" nohup "$py" train.py "${args[@]}" --dataset "$data" \

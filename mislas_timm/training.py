@@ -303,7 +303,8 @@ def check_same_recipe(saved: Optional[Dict[str, Any]], current: Dict[str, Any], 
     """Refuse a resume whose settings differ from those its checkpoint was trained with."""
     if not saved:  # checkpoints written before the recipe was recorded
         return
-    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    # Only what the checkpoint recorded: a key its (older) code did not record cannot be compared.
+    changed = sorted(k for k in saved if saved[k] != current.get(k))
     if changed:
         key = changed[0]
         more = f' (and {len(changed) - 1} more: {", ".join(changed[1:4])})' if len(changed) > 1 else ''

@@ -22,3 +22,6 @@ def test_calibrated_model_sits_at_its_floor_and_an_overconfident_one_above_it():
     assert over['ece'] > 3 * over['calibrated_floor_95']
     assert over['mean_confidence'] > over['top1']
     assert 0 < over['calibrated_floor_mean'] <= over['calibrated_floor_95']
+    # the over-confidence is real: many test-set SDs above what a calibrated model scores
+    assert 0 < over['test_set_sd'] and over['ece'] - over['calibrated_floor_95'] > 10 * over['test_set_sd']
+    assert 0 < calibrated['test_set_sd'] < calibrated['calibrated_floor_mean']

@@ -509,3 +509,9 @@ def test_stage_recipe_keeps_what_a_resume_must_not_change():
         check_same_recipe(started, stage_recipe(parse_config(raw), 'stage1', dict(meta, split_sha256='other')),
                           'stage1')
     check_same_recipe(None, started, 'stage1')  # checkpoints from before the recipe was recorded
+    # a checkpoint whose older code did not record stage2.lr_factor resumes; what it did record is still held
+    older = {k: v for k, v in stage2.items() if k != 'stage2.lr_factor'}
+    check_same_recipe(older, stage_recipe(parse_config(raw), 'stage2', meta), 'stage2')
+    with pytest.raises(ConfigError, match='stage2.epochs is 3 but stage2 was checkpointed with 10'):
+        check_same_recipe(older, stage_recipe(parse_config(apply_overrides(raw, ['stage2.epochs=3'])), 'stage2',
+                                              meta), 'stage2')
