@@ -28,7 +28,7 @@ import torch
 import mislas_timm
 from mislas_timm.data.hf import load_split, resolve_columns
 from mislas_timm.evaluation import eval_loader, predict
-from mislas_timm.metrics import ece
+from mislas_timm.metrics import confidence_bin_index, ece, reliability_bins
 
 
 def spread(probs: torch.Tensor, labels: torch.Tensor, resamples: int, seed: int, n_bins: int = 15) -> dict:
@@ -36,10 +36,9 @@ def spread(probs: torch.Tensor, labels: torch.Tensor, resamples: int, seed: int,
     conf, pred = probs.max(dim=1)
     n, k = probs.shape
     correct = (pred == labels).double()
-    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
-    bin_of = torch.bucketize(conf.double(), edges[1:-1], right=False)  # (lo, hi], as metrics.ece bins
-    bin_accuracy = torch.bincount(bin_of, weights=correct, minlength=n_bins) / torch.bincount(
-        bin_of, minlength=n_bins).clamp(min=1)
+    bin_accuracy = torch.tensor([a or 0.0 for a in reliability_bins(probs, labels, n_bins)['accuracies']],
+                                dtype=torch.float64)  # an empty bin holds no sample, so its 0 is never drawn
+    bin_of = confidence_bin_index(conf, n_bins)
     rng = np.random.default_rng(seed)
 
     def ece_if_correct_with(p_correct: torch.Tensor) -> float:

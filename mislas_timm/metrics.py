@@ -21,8 +21,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-__all__ = ['check_probs', 'ece', 'adaptive_ece', 'classwise_ece', 'reliability_bins', 'calibration_report',
-           'REPORT_KEYS']
+__all__ = ['check_probs', 'ece', 'adaptive_ece', 'classwise_ece', 'reliability_bins', 'confidence_bin_index',
+           'calibration_report', 'REPORT_KEYS']
 
 REPORT_KEYS = (
     'top1', 'top5', 'ece', 'mce', 'nll', 'brier', 'many_top1', 'medium_top1', 'few_top1',
@@ -102,13 +102,19 @@ def reliability_bins(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> D
     return _bins(conf, pred == labels, n_bins)
 
 
+def confidence_bin_index(conf: torch.Tensor, n_bins: int = 15) -> torch.Tensor:
+    """The equal-width bin of each confidence: b with b / n_bins < c <= (b + 1) / n_bins (bins (lo, hi])."""
+    edges = torch.linspace(0, 1, _check_bins(n_bins) + 1, dtype=torch.float64)
+    # bucketize(right=False) gives b with edges[b] < c <= edges[b + 1]: the (lo, hi] convention.
+    return torch.bucketize(conf.double().contiguous(), edges[1:-1], right=False)
+
+
 def _bins(conf: torch.Tensor, correct: torch.Tensor, n_bins: int) -> Dict[str, List]:
     n_bins = _check_bins(n_bins)
     conf = conf.double().contiguous()
     correct = correct.double()
     edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
-    # bucketize(right=False) gives b with edges[b] < c <= edges[b + 1]: the (lo, hi] convention.
-    idx = torch.bucketize(conf, edges[1:-1], right=False)
+    idx = confidence_bin_index(conf, n_bins)
     counts = torch.bincount(idx, minlength=n_bins).double()
     acc_sum = torch.bincount(idx, weights=correct, minlength=n_bins)
     conf_sum = torch.bincount(idx, weights=conf, minlength=n_bins)

@@ -240,11 +240,17 @@ def lr_multiplier(epoch: int, stage_cfg: StageConfig) -> float:
     raise ConfigError(f'unknown schedule {schedule!r}; use step or cosine')
 
 
-def _checkpoint_epoch(folder: Path) -> Optional[int]:
-    """The epoch a checkpoint folder completed, or None. progress.json is written last, so a folder
-    that has one holds a complete state."""
+def _read_progress(folder: Path) -> Optional[Dict[str, Any]]:
+    """A checkpoint folder's progress.json, or None. It is written last, so a folder that has one
+    holds a complete state."""
     done = folder / 'progress.json'
-    return int(json.loads(done.read_text())['epoch']) if done.is_file() else None
+    return json.loads(done.read_text()) if done.is_file() else None
+
+
+def _checkpoint_epoch(folder: Path) -> Optional[int]:
+    """The epoch a checkpoint folder completed, or None for an incomplete one."""
+    progress = _read_progress(folder)
+    return None if progress is None else int(progress['epoch'])
 
 
 def _checkpoint_folders(root: Path, stage: str) -> List[Path]:
@@ -267,7 +273,7 @@ def _newest_complete(root: Path, stage: str) -> Optional[Path]:
 def _newest_progress(root: Path, stage: str) -> Optional[Dict[str, Any]]:
     """progress.json of the newest complete state of ``stage`` (read only)."""
     newest = _newest_complete(root, stage)
-    return None if newest is None else json.loads((newest / 'progress.json').read_text())
+    return None if newest is None else _read_progress(newest)
 
 
 # What a resume may change: where the data lives (it moves with the machine), how the work runs
@@ -354,16 +360,12 @@ class Checkpointer:
     def path(self) -> Path:
         return self.root / self.stage
 
-    def _progress(self) -> Optional[Dict[str, Any]]:
-        done = self.path / 'progress.json'
-        return json.loads(done.read_text()) if done.is_file() else None
-
     def latest_epoch(self) -> Optional[int]:
         return _checkpoint_epoch(self.path)
 
     def train_time_s(self) -> float:
         """Seconds spent training this stage up to its last checkpoint, summed over resumes."""
-        progress = self._progress()
+        progress = _read_progress(self.path)
         return float((progress or {}).get('train_time_s', 0.0))
 
     def save(self, epoch: int, train_time_s: float = 0.0) -> None:
