@@ -97,7 +97,8 @@ def compression_error(originals: np.ndarray, others: np.ndarray, chunk: int = 50
             'psnr_median': float(np.median(psnr)), 'identical': exact}
 
 
-def write_split(images: np.ndarray, labels: np.ndarray, path: Path) -> None:
+def write_split(images: np.ndarray, labels: np.ndarray, path: Path, names=LABEL_NAMES) -> None:
+    """One split as a Hub-schema parquet file: ``img`` (PNG bytes) and ``label`` (ClassLabel of ``names``)."""
     import datasets
 
     def png(image: np.ndarray) -> bytes:
@@ -106,7 +107,7 @@ def write_split(images: np.ndarray, labels: np.ndarray, path: Path) -> None:
         Image.fromarray(image).save(buffer, format='PNG')
         return buffer.getvalue()
 
-    features = datasets.Features({'img': datasets.Image(), 'label': datasets.ClassLabel(names=LABEL_NAMES)})
+    features = datasets.Features({'img': datasets.Image(), 'label': datasets.ClassLabel(names=list(names))})
     table = datasets.Dataset.from_dict({'img': [{'bytes': png(im), 'path': None} for im in images],
                                         'label': labels.tolist()}, features=features)
     path.parent.mkdir(parents=True, exist_ok=True)
