@@ -8,6 +8,10 @@ Chromium (the prediction runs on the click, without pressing Predict) and writes
 
 - ``docs/demo.png``: a 1280 px wide window, the whole page;
 - ``docs/demo_narrow.png``: a 420 px wide window (a phone), from the top to the end of the top-5 table.
+
+The default example, ``ship_0001.png`` (a tail class), is one both bundled models get wrong, which is
+the point of the picture: the page says so ("The example's label is ship: both models are wrong, MiSLAS
+less confidently"), the baseline is 100% sure of its mistake, MiSLAS much less.
 """
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ def shoot(browser, url: str, example: str, width: int, out: Path, to_table_end: 
     page.goto(url, wait_until='load')
     page.get_by_text('Calibrated long-tailed recognition').wait_for(timeout=60_000)
     page.locator(f'#examples button:has(img[src$="/{example}"])').click()
-    page.locator('#sentence').get_by_text('MiSLAS says').wait_for(timeout=60_000)
+    page.locator('#sentence').get_by_text("The example's label is").wait_for(timeout=60_000)
     page.locator('#input-note').get_by_text('pixels').wait_for(timeout=60_000)
     page.locator('#preview img').wait_for(timeout=60_000)
     page.wait_for_timeout(1500)  # let the bars of the labels finish their animation

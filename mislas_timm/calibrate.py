@@ -21,7 +21,8 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-__all__ = ['CalibrationError', 'require_validation_record', 'validation_indices', 'main']
+__all__ = ['CalibrationError', 'require_validation_record', 'validation_indices', 'fit_on_validation',
+           'warn_encodings', 'main']
 
 METHOD_NAMES = {'temperature': 'temperature scaling', 'tau_norm': 'tau-normalisation',
                 'logit_adjust': 'post-hoc logit adjustment'}
@@ -71,18 +72,39 @@ def validation_indices(train_labels: Sequence[int], mislas: Dict[str, Any], num_
     return val
 
 
+def warn_encodings(model, model_name: str, dataset: str, encodings: Dict[str, str]) -> None:
+    """An ``EncodingMismatchWarning`` for each encoding in ``encodings`` (split -> encoding of its images)
+    that differs from the one the model recorded training on, naming the splits that hold it."""
+    import warnings
+
+    from .data.encoding import EncodingMismatchWarning, encoding_mismatch
+
+    splits_of: Dict[str, list] = {}
+    for split, encoding in encodings.items():
+        splits_of.setdefault(encoding, []).append(split)
+    for encoding, splits in splits_of.items():
+        where = f'{dataset} ({" and ".join(splits)} split{"s" if len(splits) > 1 else ""})'
+        problem = encoding_mismatch(model, encoding, model_name, where)
+        if problem:
+            warnings.warn(f'{problem}: what is fitted and measured there is not what its own images give; '
+                          'calibrate it on the copy it was trained on', EncodingMismatchWarning, stacklevel=2)
+
+
 def fit_on_validation(model, method: str, dataset: str, *, split_train: str = 'train',
                       image_column: Optional[str] = None, label_column: Optional[str] = None,
-                      batch_size: int = 500, bias_mode: str = 'scale'):
+                      batch_size: int = 500, bias_mode: str = 'scale', train=None):
     """Fit ``method`` on the validation split the model's training run held out (rebuilt from its
     config.json and checked against the recorded sha256) and fold it into the final linear layer.
 
     Returns (calibrated model, fitted values, validation indices, (validation features, labels)).
-    The test split is never touched here.
+    The test split is never touched here. ``train``: the training split when already loaded (else it
+    is loaded from ``dataset``). A model recorded as trained on images stored otherwise than the
+    training split's gets an ``EncodingMismatchWarning`` naming both (the fit would not be its own).
     """
     from .calibration import calibrate_model, predict_features
+    from .data.encoding import image_encoding, recorded_encoding
     from .data.hf import labels_of, load_split, resolve_columns
-    from .evaluation import eval_loader
+    from .evaluation import eval_loader, model_label
 
     mislas = dict(getattr(model, 'mislas_config', {}) or {})
     num_classes = int(model.get_classifier().out_features)
@@ -91,8 +113,11 @@ def fit_on_validation(model, method: str, dataset: str, *, split_train: str = 't
         raise CalibrationError(f'logit adjustment needs the training class counts of all {num_classes} '
                                'classes, but config.json mislas.class_counts is missing or the wrong length; '
                                're-save the model with them')
-    train = load_split(dataset, split_train)
+    if train is None:
+        train = load_split(dataset, split_train)
     image_column, label_column = resolve_columns(train, image_column, label_column)
+    if recorded_encoding(model):
+        warn_encodings(model, model_label(model), dataset, {split_train: image_encoding(train, image_column)})
     labels = labels_of(train, label_column)
     if labels and max(labels) >= num_classes:
         raise CalibrationError(f'the data set has labels up to {max(labels)} but the model has {num_classes} '
@@ -148,6 +173,15 @@ def _summary(fitted: Dict[str, Any]) -> str:
 
 def main(argv=None) -> int:
     args = _parse(argv)
+    from .evaluation import one_line_warnings
+
+    with one_line_warnings('calibrate'):  # a warning is one line, like the errors
+        return _calibrate(args, argv)
+
+
+def _calibrate(args, argv) -> int:
+    import warnings
+
     from .calibration import METHODS
 
     def fail(message: str) -> int:
@@ -162,8 +196,9 @@ def main(argv=None) -> int:
     import torch
 
     from .calibration import class_mean_accuracy, nll
-    from .data.hf import DataError, load_split, resolve_columns
-    from .evaluation import evaluate
+    from .data.encoding import EncodingMismatchWarning, image_encoding, recorded_encoding
+    from .data.hf import DataError, load_split
+    from .evaluation import DecodedSplit, evaluate_many
     from .hub import HubError, load_model, resolve_source, save_hub_folder
 
     out = Path(args.out)
@@ -174,11 +209,19 @@ def main(argv=None) -> int:
         mislas = dict(getattr(model, 'mislas_config', {}) or {})
         num_classes = int(model.get_classifier().out_features)
         require_validation_record(mislas)
-        test = load_split(args.dataset, args.split_test)
-        image_column, label_column = resolve_columns(test, args.image_column, args.label_column)
-        new, fitted, val_idx, (features, val_labels) = fit_on_validation(
-            model, args.method, args.dataset, split_train=args.split_train, image_column=image_column,
-            label_column=label_column, batch_size=args.batch_size, bias_mode=args.tau_norm_bias)
+        # The test split is read and decoded once, for the reports before and after.
+        test = DecodedSplit(args.dataset, args.split_test, image_column=args.image_column,
+                            label_column=args.label_column)
+        image_column, label_column = test.image_column, test.label_column
+        train = load_split(args.dataset, args.split_train)
+        if recorded_encoding(model):  # one warning before any work, naming the splits
+            warn_encodings(model, args.source, args.dataset, {args.split_train: image_encoding(train, image_column),
+                                                              args.split_test: test.encoding})
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', EncodingMismatchWarning)  # said above
+            new, fitted, val_idx, (features, val_labels) = fit_on_validation(
+                model, args.method, args.dataset, split_train=args.split_train, image_column=image_column,
+                label_column=label_column, batch_size=args.batch_size, bias_mode=args.tau_norm_bias, train=train)
     except (HubError, DataError, ValueError) as err:  # CalibrationError is a ValueError
         return fail(str(err))
 
@@ -187,12 +230,12 @@ def main(argv=None) -> int:
             z = m.get_classifier()(features.to(next(m.parameters()).dtype)).double()
         return {'nll': nll(z, val_labels), 'top1': class_mean_accuracy(z, val_labels, num_classes)}
 
-    eval_kwargs = dict(split=args.split_test, image_column=image_column, label_column=label_column,
-                       batch_size=args.batch_size, dataset_name=args.dataset)
     try:
         val_before, val_after = val_scores(model), val_scores(new)
-        before = evaluate(model, test, **eval_kwargs)  # the test split: reported, never fitted or selected on
-        after = evaluate(new, test, **eval_kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', EncodingMismatchWarning)  # said above
+            # the test split: reported, never fitted or selected on
+            before, after = evaluate_many([model, new], test, batch_size=args.batch_size, dataset_name=args.dataset)
     except (DataError, ValueError) as err:
         return fail(str(err))
     value_key = 'temperature' if 'temperature' in fitted else 'tau'

@@ -5,8 +5,9 @@ A preset may name a ``base`` preset whose keys it overrides (deep merge). ``--co
 reads a user file (it may name a shipped preset as ``base``). ``--set a.b=value`` overrides one
 key; the value is parsed as YAML (``0.1``, ``true``, ``[3, 7]``, ``null``). The merged mapping is
 then parsed by :func:`parse_config`: unknown keys, wrong types, values outside their allowed set or
-range each stop the run with one line naming the key, the value and what is allowed. The training
-code reads the typed fields; defaults live in the dataclasses below and nowhere else.
+range stop the run, all of them in one message, one line per key naming the key, the value and what
+is allowed. The training code reads the typed fields; defaults live in the dataclasses below and
+nowhere else.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import copy
 import difflib
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Literal, Optional, Union, get_args, get_origin, get_type_hints
+from typing import (Any, Dict, Iterable, List, Literal, Optional, Sequence, Union, get_args, get_origin,
+                    get_type_hints)
 
 import yaml
 
@@ -26,7 +28,20 @@ PRESET_DIR = Path(__file__).parent / 'presets'
 
 
 class ConfigError(ValueError):
-    """A configuration problem with a one-line message that names the fix."""
+    """A configuration problem with a one-line message that names the fix.
+
+    A config with several problems is reported at once (:func:`parse_config`), so that one run of the
+    command finds them all: ``ConfigError(problems=[...])`` says how many there are on its first line,
+    then one line per problem. ``problems`` holds the single lines either way.
+    """
+
+    def __init__(self, message: str = '', *, problems: Sequence[str] = ()):
+        self.problems: List[str] = list(problems) or [message]
+        if len(self.problems) > 1:
+            message = f'{len(self.problems)} problems in the config:\n' + '\n'.join(f'  {p}' for p in self.problems)
+        else:
+            message = self.problems[0]
+        super().__init__(message)
 
 
 def list_presets() -> List[str]:
@@ -43,14 +58,45 @@ def _deep_merge(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any
     return out
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML parser error in one line: where (line, column; 1-based, as editors count) and what,
+    instead of the parser's multi-line dump with a caret under the text."""
+    mark = getattr(err, 'problem_mark', None)
+    what = getattr(err, 'problem', None) or str(err).strip().splitlines()[0]
+    context = getattr(err, 'context', None)
+    if context:
+        context_mark = getattr(err, 'context_mark', None)
+        if context_mark is not None and mark is not None and context_mark.line != mark.line:
+            context = f'{context} started on line {context_mark.line + 1}'
+        what = f'{what} ({context})'
+    where = f'line {mark.line + 1}, column {mark.column + 1}: ' if mark is not None else ''
+    return ' '.join(f'{where}{what}'.split())
+
+
 def _read_yaml(path: Path) -> Dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f'{path} is not valid YAML: {err}') from None
+        raise ConfigError(f'{path} is not valid YAML: {_yaml_problem(err)}') from None
+    except UnicodeDecodeError:
+        raise ConfigError(f'{path} is not a text file; pass a YAML config file') from None
+    except OSError as err:
+        raise ConfigError(f'cannot read {path}: {err.strerror or err}') from None
     if not isinstance(data, dict):
-        raise ConfigError(f'{path} must hold a YAML mapping of settings')
+        got = 'nothing' if data is None else f'a {type(data).__name__}'
+        raise ConfigError(f'{path} must hold a YAML mapping of settings (key: value lines), not {got}')
     return data
+
+
+def _unknown_preset(name: str, what: str = 'preset') -> ConfigError:
+    """The error for a preset name that does not exist: the closest name first, then all of them."""
+    presets = list_presets()
+    close = difflib.get_close_matches(name, presets, n=1)
+    hint = f'did you mean {close[0]!r}? ' if close else ''
+    if not close and name.endswith(('.yaml', '.yml')):
+        hint = f'to read a file, pass --config {name}; '
+    return ConfigError(f'unknown {what} {name!r}: {hint}choose one of: {", ".join(presets)} '
+                       '(or pass --config FILE.yaml)')
 
 
 def _resolve_bases(data: Dict[str, Any], seen: Iterable[str] = ()) -> Dict[str, Any]:
@@ -61,7 +107,7 @@ def _resolve_bases(data: Dict[str, Any], seen: Iterable[str] = ()) -> Dict[str, 
         raise ConfigError(f'preset base cycle through {base_name!r}')
     path = PRESET_DIR / f'{base_name}.yaml'
     if not path.is_file():
-        raise ConfigError(f'base preset {base_name!r} does not exist; choose one of {list_presets()}')
+        raise _unknown_preset(base_name, 'base preset')
     base = _resolve_bases(_read_yaml(path), [*seen, base_name])
     return _deep_merge(base, data)
 
@@ -70,8 +116,7 @@ def load_preset(name: str) -> Dict[str, Any]:
     """The fully resolved settings of a shipped preset."""
     path = PRESET_DIR / f'{name}.yaml'
     if not path.is_file():
-        raise ConfigError(f'unknown preset {name!r}; choose one of: {", ".join(list_presets())} '
-                          '(or pass --config FILE.yaml)')
+        raise _unknown_preset(name)
     cfg = _resolve_bases(_read_yaml(path), [name])
     cfg['preset'] = name
     return cfg
@@ -81,7 +126,8 @@ def load_config_file(path: str) -> Dict[str, Any]:
     """Settings from a user YAML file (it may name a shipped preset as ``base``)."""
     file = Path(path)
     if not file.is_file():
-        raise ConfigError(f'config file {path} not found')
+        what = 'is a folder, not a file' if file.is_dir() else 'not found'
+        raise ConfigError(f'config file {path} {what}; pass a YAML file such as the presets in {PRESET_DIR}')
     cfg = _resolve_bases(_read_yaml(file))
     cfg.setdefault('preset', file.stem)
     return cfg
@@ -134,19 +180,24 @@ def set_value(cfg: Dict[str, Any], key: str, value: Any) -> None:
 def apply_overrides(cfg: Dict[str, Any], overrides: Iterable[str]) -> Dict[str, Any]:
     """A copy of ``cfg`` with each ``a.b.c=value`` applied (value parsed as YAML); the key must exist."""
     cfg = copy.deepcopy(cfg)
+    problems: List[str] = []  # every bad --set at once, like the config's own keys
     for item in overrides:
         if '=' not in item:
-            raise ConfigError(f'--set expects KEY=VALUE, got {item!r}')
+            problems.append(f'--set expects KEY=VALUE, got {item!r}')
+            continue
         key, raw = item.split('=', 1)
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as err:
-            raise ConfigError(f'--set {key}: cannot parse value {raw!r}: {err}') from None
+            problems.append(f'--set {key}: cannot parse value {raw!r}: {_yaml_problem(err)}')
+            continue
         # YAML 1.1 reads "1e-3" as a string; the schema turns it into a number where one is expected.
         try:
             set_value(cfg, key, value)
         except ConfigError as err:
-            raise ConfigError(f'--set {key}: {err}') from None
+            problems.extend(f'--set {key}: {line}' for line in (getattr(err, 'problems', None) or [str(err)]))
+    if problems:
+        raise ConfigError(problems=problems)
     return cfg
 
 
@@ -175,6 +226,13 @@ class DatasetConfig:
     test_list: Optional[str] = None
     val_list: Optional[str] = None
     val_split: Optional[str] = None     # a validation split of the data set itself
+    # Without a long-tail view (no `longtail` section): images per class held out of the training split as
+    # the validation split (capped so every class keeps a training image); None: none. With a view, use
+    # longtail.val_per_class. A validation split of the data (val_split / val_list) is used instead when given.
+    val_per_class: Optional[int] = _opt(None, **_range(1))
+    # Data with no test split: this stratified fraction of the training split is held out as the test split
+    # (recorded by checksum); null or 0: a missing test split is an error.
+    test_fraction: Optional[float] = _opt(0.2, **_range(0, 1, hi_open=True))
 
 
 @dataclass
@@ -195,20 +253,31 @@ class RuntimeConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = 'resnet32_cifar'
+    arch: Optional[str] = 'resnet32_cifar'                 # None: the architecture of model.init (finetune preset)
     pretrained: bool = False
     kwargs: Dict[str, Any] = field(default_factory=dict)   # free-form: passed to timm.create_model
-    trunk_weights: Optional[str] = None                    # e.g. Places-LT: a timm model to initialise from
+    # The model a run starts from (train.py --init): zoo tag, run / Hub folder, local-dir:PATH, hf-hub:ORG/NAME
+    # or a timm pretrained name. Stage 1 fine-tunes its weights; --stage 2 takes it as the stage-1 model.
+    init: Optional[str] = None
+    # sha256 of init's weights file: filled in when the run starts (and compared on --resume); set it to
+    # insist on those exact weights.
+    init_sha256: Optional[str] = None
+    # None: re-initialise init's classifier when its classes (count or recorded names) differ from the
+    # data's, as timm.create_model(name, pretrained=True, num_classes=K) does; true / false: always keep / re-init.
+    keep_classifier: Optional[bool] = None
+    trunk_weights: Optional[str] = None                    # deprecated alias of init (Places-LT's ImageNet trunk)
 
 
 @dataclass
 class DataConfig:
-    train_transform: Literal['cifar', 'imagenet'] = 'cifar'
+    # auto: cifar for model inputs up to 64 px, imagenet above (resolved from the model when the run starts)
+    train_transform: Literal['cifar', 'imagenet', 'auto'] = 'cifar'
     train_transform_kwargs: Dict[str, Any] = field(default_factory=dict)  # free-form
-    input_size: List[int] = _opt(None, length=3, **_range(1))
-    mean: List[float] = _opt(None, length=3)
-    std: List[float] = _opt(None, length=3, **_range(0, lo_open=True))
-    crop_pct: float = _opt(1.0, **_range(0, 1, lo_open=True))
+    # input_size / mean / std / crop_pct null: the model's (model.init's pretrained_cfg, else the architecture's)
+    input_size: Optional[List[int]] = _opt(None, length=3, **_range(1))
+    mean: Optional[List[float]] = _opt(None, length=3)
+    std: Optional[List[float]] = _opt(None, length=3, **_range(0, lo_open=True))
+    crop_pct: Optional[float] = _opt(1.0, **_range(0, 1, lo_open=True))
     decode_once: Union[bool, Literal['auto']] = 'auto'
     num_workers: int = _opt(0, **_range(0))
     eval_batch_size: int = _opt(500, **_range(1))
@@ -231,6 +300,10 @@ class StageConfig:
     warmup_epochs: int = _opt(0, **_range(0))
     milestones: List[int] = _opt(None, **_range(1))
     gamma: float = _opt(0.1, **_range(0, 1, lo_open=True))
+    # A stage of fewer optimizer steps than this ends with a precise-BN pass (mislas_timm.precise_bn): its
+    # BN running statistics, still mostly their initial values after a few momentum-0.1 updates, are
+    # re-estimated on training batches. Longer stages (all paper presets) train exactly as without it; 0: never.
+    precise_bn_below_steps: int = _opt(200, **_range(0))
 
 
 @dataclass
@@ -373,51 +446,84 @@ def _parse_section(cls: Any, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f'config key {where}: expected {_describe(cls)}, got {raw!r}')
     known = {f.name: f for f in fields(cls)}
+    # Every problem of the section (and of the sections inside it) is collected, so that one run reports
+    # them all instead of one per attempt.
+    problems: List[str] = []
     for key in raw:
         if key not in known:
             close = difflib.get_close_matches(str(key), list(known), n=1)
             hint = f'did you mean {close[0]!r}? ' if close else ''
             name = f'{prefix}.{key}' if prefix else key
-            raise ConfigError(f'unknown config key {name}: {hint}allowed keys in {where}: {", ".join(known)}')
+            problems.append(f'unknown config key {name}: {hint}allowed keys in {where}: {", ".join(known)}')
     hints = get_type_hints(cls)
     values: Dict[str, Any] = {}
     for name, f in known.items():
         key = f'{prefix}.{name}' if prefix else name
         if name not in raw:
             if f.default is MISSING and f.default_factory is MISSING:  # type: ignore[misc]
-                raise ConfigError(f'config key {key} is missing ({_describe(hints[name])})')
+                problems.append(f'config key {key} is missing ({_describe(hints[name])})')
             continue
         try:
             value = _coerce(raw[name], hints[name], key)
+            _check_range(value, dict(f.metadata), key)
         except _Invalid:
-            raise ConfigError(f'config key {key}: {raw[name]!r} is not allowed; expected {_describe(hints[name])}') from None
-        _check_range(value, dict(f.metadata), key)
-        values[name] = value
+            problems.append(f'config key {key}: {raw[name]!r} is not allowed; expected {_describe(hints[name])}')
+        except ConfigError as err:  # out of range, or the problems of a section inside this one
+            problems.extend(err.problems)
+        else:
+            values[name] = value
+    if problems:
+        raise ConfigError(problems=problems)
     return cls(**values)
 
 
 def _check_consistency(cfg: TrainConfig) -> None:
-    """Rules that span keys."""
+    """Rules that span keys; all broken ones are reported at once (one line per key)."""
+    problems: List[str] = []
     for stage in ('stage1', 'stage2'):
         sc = getattr(cfg, stage)
         if sc.milestones and sorted(sc.milestones) != list(sc.milestones):
-            raise ConfigError(f'config key {stage}.milestones: {sc.milestones} must be increasing')
+            problems.append(f'config key {stage}.milestones: {sc.milestones} must be increasing')
     s2 = cfg.stage2
     if s2.loss == 'las' and s2.las_shape == 'exp' and s2.las_power is None:
-        raise ConfigError('config key stage2.las_power: null, but las_shape exp needs a power > 0; '
-                          'set stage2.las_power=...')
-    if cfg.data.input_size is None or cfg.data.mean is None or cfg.data.std is None:
-        raise ConfigError('config keys data.input_size, data.mean and data.std must be set (e.g. [3, 32, 32])')
-    if cfg.data.input_size[0] != len(cfg.data.mean) or len(cfg.data.mean) != len(cfg.data.std):
-        raise ConfigError(f'config keys data.mean / data.std need one value per input channel '
-                          f'({cfg.data.input_size[0]})')
-    _check_transform_options(cfg.data.train_transform_kwargs)
-    split = cfg.groups.rank_split
+        problems.append('config key stage2.las_power: null, but las_shape exp needs a power > 0; '
+                        'set stage2.las_power=...')
+    # Null input_size / mean / std are the model's, filled in when the run starts
+    # (mislas_timm.initialization.resolve_start); the values given must agree with each other.
+    d = cfg.data
+    given = [len(v) if key != 'input_size' else v[0] for key, v in
+             (('input_size', d.input_size), ('mean', d.mean), ('std', d.std)) if v is not None]
+    if len(set(given)) > 1:
+        problems.append(f'config keys data.mean / data.std need one value per input channel '
+                        f'({d.input_size[0] if d.input_size else given[0]})')
+    for check, arg in ((_check_transform_options, cfg.data.train_transform_kwargs), (_check_model, cfg)):
+        try:
+            check(arg)
+        except ConfigError as err:
+            problems.extend(err.problems)
+    split, n = cfg.groups.rank_split, cfg.dataset.num_classes
     if split is not None and split[0] > split[1]:
-        raise ConfigError(f'config key groups.rank_split: {split} must be increasing')
-    n = cfg.dataset.num_classes
-    if split is not None and n is not None and split[1] > n:
-        raise ConfigError(f'config key groups.rank_split: {split} goes past dataset.num_classes ({n})')
+        problems.append(f'config key groups.rank_split: {split} must be increasing')
+    elif split is not None and n is not None and split[1] > n:
+        problems.append(f'config key groups.rank_split: {split} goes past dataset.num_classes ({n})')
+    if problems:
+        raise ConfigError(problems=problems)
+
+
+def _check_model(cfg: TrainConfig) -> None:
+    """Where the model and its weights come from: model.init (or its deprecated alias model.trunk_weights),
+    model.arch, model.pretrained. Folds the alias into model.init."""
+    m = cfg.model
+    if m.trunk_weights and m.init and m.trunk_weights != m.init:
+        raise ConfigError(f'config keys model.init ({m.init}) and model.trunk_weights ({m.trunk_weights}) disagree: '
+                          'model.trunk_weights is the deprecated name of model.init; set model.init only')
+    if m.trunk_weights and not m.init:
+        m.init = m.trunk_weights
+    if m.init and m.pretrained:
+        raise ConfigError(f'config keys model.pretrained=true and model.init ({m.init}) both choose the starting '
+                          'weights; drop one (--set model.pretrained=false)')
+    if m.init_sha256 is not None and not m.init:
+        raise ConfigError('config key model.init_sha256 is set but model.init is not: pass --init SOURCE')
 
 
 def _check_transform_options(kwargs: Dict[str, Any]) -> None:
@@ -425,16 +531,23 @@ def _check_transform_options(kwargs: Dict[str, Any]) -> None:
     from .data.hf import TRAIN_TRANSFORMS, train_transform_options
 
     known = sorted({option for name in TRAIN_TRANSFORMS for option in train_transform_options(name)})
+    problems: List[str] = []
     for key in kwargs:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {close[0]!r}" if close else ''
-            raise ConfigError(f'config key data.train_transform_kwargs.{key}: no augmentation has this option '
-                              f'(known: {", ".join(known)}){hint}')
+            problems.append(f'config key data.train_transform_kwargs.{key}: no augmentation has this option '
+                            f'(known: {", ".join(known)}){hint}')
+    if problems:
+        raise ConfigError(problems=problems)
 
 
 def parse_config(raw: Dict[str, Any]) -> TrainConfig:
-    """Validate the merged settings against the schema; the one place a configuration is checked."""
+    """Validate the merged settings against the schema; the one place a configuration is checked.
+
+    Every unknown key, wrong type and out-of-range value is reported in one :class:`ConfigError`, one
+    line per key; the rules that span keys (:func:`_check_consistency`) are checked, all of them, once
+    every key on its own is valid."""
     if isinstance(raw, TrainConfig):
         return raw
     raw = dict(raw)

@@ -1,9 +1,18 @@
 """The Gradio calibration demo: MiSLAS confidence next to an over-confident baseline's.
 
+    python -m mislas_timm.demo [--model SOURCE] [--baseline SOURCE] [--examples DIR] [--port N] [--share]
+
+(``python app.py`` is the same command.) SOURCE is anything ``mislas_timm.load_model`` takes: a zoo
+name, a run or Hub folder (``RUN/stage2``), ``local-dir:PATH`` or ``hf-hub:ORG/NAME``. The page shows
+the models' own classes, whatever their number. The bundled CIFAR-10-LT baselines are offered only
+next to a model with CIFAR-10's classes, the bundled CIFAR-10 example images likewise (or the images of
+``--examples DIR``: the images in DIR and one folder down, e.g. a ``test/<class>/`` folder). A model and
+a baseline with different classes are refused before anything is served.
+
 Everything the page shows comes from the models' Hub folders: preprocessing from config.json
-(via timm), training counts and the head / medium / tail rank split from its ``mislas`` block,
-top-1 / ECE from metrics.json and the reliability diagram from reliability.png (nothing is
-recomputed at start-up).
+(via timm), class names from its ``label_names``, training counts and the head / medium / tail rank
+split from its ``mislas`` block, top-1 / ECE from metrics.json and the reliability diagram from
+reliability.png (nothing is recomputed at start-up).
 
 Image policy: any format PIL opens; grayscale, RGBA and palette images are converted to RGB
 (transparency composited on white); images above ``MAX_PIXELS`` (40 megapixels) are refused with
@@ -16,15 +25,20 @@ top-5 ``gr.Label``, the baseline top-5 ``gr.Label``, a JSON object ``{"mislas": 
 (Markdown) and the top-5 table (Markdown). The page also says how the upload was resized for the
 models (``input_note``); that note is a separate page event, not part of the API's output.
 
-Clicking an example runs the prediction at once. A refused upload shows its message on the page
-and writes one line to the ``mislas_timm.demo`` logger (no traceback); the server keeps serving.
-The page's CSS (``CSS``) goes to ``launch``, as Gradio 6 wants: use ``launch_app`` or pass
+Clicking an example runs the prediction at once; when the example's file or folder name is one of
+the classes (``ship_0001.png``, ``test/ship/0001.png``) the comparison also says which model got it
+right (an upload's file name is never taken for its class). A refused upload shows its message on
+the page and writes one line to the ``mislas_timm.demo`` logger (no traceback); the server keeps
+serving. The page's CSS (``CSS``) goes to ``launch``, as Gradio 6 wants: use ``launch_app`` or pass
 ``css=CSS`` yourself.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import socket
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,15 +50,22 @@ from PIL import Image, UnidentifiedImageError
 from .data.hf import to_model_mode
 from .hub import HubError, load_model, resolve_source
 from .metrics import class_groups
+from .models.pretrained_tags import CIFAR10_CLASSES
 
 __all__ = ['MAX_PIXELS', 'CSS', 'DemoError', 'DemoModel', 'HubError', 'load_demo_model', 'load_models', 'open_image',
            'predict_pair', 'input_note', 'classes_note', 'build_app', 'launch_app', 'configure_logging',
-           'EXAMPLES_DIR', 'example_images']
+           'EXAMPLES_DIR', 'IMAGE_SUFFIXES', 'MAX_EXAMPLES', 'example_images', 'default_examples', 'example_class',
+           'check_same_classes', 'zoo_baselines', 'DEFAULT_MODEL', 'ZOO_BASELINES', 'share_reachable', 'main']
 
 MAX_PIXELS = 40_000_000
 EXAMPLES_DIR = Path(__file__).parent / 'assets' / 'examples'
-CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
-log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.webp', '.gif', '.bmp')
+MAX_EXAMPLES = 40  # a --examples folder may be a whole test split: the page shows a sample of it, every class
+DEFAULT_MODEL = 'resnet32_cifar.cifar10_lt_if100_mislas'
+ZOO_BASELINES = [('CE-only stage 1 (most over-confident)', 'resnet32_cifar.cifar10_lt_if100_ce'),
+                 ('mixup stage 1', 'resnet32_cifar.cifar10_lt_if100_mixup')]
+# Named, not __name__: under `python -m mislas_timm.demo` this file also runs as __main__.
+log = logging.getLogger('mislas_timm.demo')
 
 # Gradio's Markdown tables break words anywhere (word-break: break-word), which split headers such as
 # "MiSLAS" or cells such as "automobile" mid-word in a narrow window. Here words stay whole: lines break
@@ -174,8 +195,11 @@ def _group_cell(dm: DemoModel, cls: int) -> str:
     return f'{dm.groups[cls]} ({dm.class_counts[cls]} training images)'
 
 
-def predict_pair(mislas: DemoModel, baseline: DemoModel, image: Image.Image) -> Tuple[Dict, Dict, Dict, str, str]:
-    """(MiSLAS top-5, baseline top-5, both full vectors, the comparison sentence, the top-5 table)."""
+def predict_pair(mislas: DemoModel, baseline: DemoModel, image: Image.Image,
+                 true_class: Optional[int] = None) -> Tuple[Dict, Dict, Dict, str, str]:
+    """(MiSLAS top-5, baseline top-5, both full vectors, the comparison sentence, the top-5 table).
+
+    ``true_class`` (an example's known class) adds to the sentence which model got it right."""
     if mislas.label_names != baseline.label_names:
         raise DemoError('The two models have different classes; pick models trained on the same data set.')
     p_m = mislas.probabilities(image)
@@ -189,11 +213,25 @@ def predict_pair(mislas: DemoModel, baseline: DemoModel, image: Image.Image) -> 
                 f'MiSLAS says **{100 * float(p_m[m_cls]):.0f}% {names[m_cls]}**.')
     if b_cls != m_cls:
         sentence += f' (MiSLAS gives {names[b_cls]} {100 * float(p_m[b_cls]):.0f}%.)'
+    if true_class is not None:
+        sentence += f' The example\'s label is **{names[true_class]}**: ' + _verdict(true_class, m_cls, b_cls, p_m, p_b)
     rows = ['| class | MiSLAS | baseline | group (training images) |', '|---|---|---|---|']
     for cls in p_m.topk(min(5, len(names))).indices.tolist():
         rows.append(f'| {names[cls]} | {100 * float(p_m[cls]):.1f}% | {100 * float(p_b[cls]):.1f}% '
                     f'| {_group_cell(mislas, cls)} |')
     return top_m, top_b, full, sentence, '\n'.join(rows)
+
+
+def _verdict(true_class: int, m_cls: int, b_cls: int, p_m: torch.Tensor, p_b: torch.Tensor) -> str:
+    if m_cls == true_class and b_cls == true_class:
+        return 'both models are right.'
+    if m_cls == true_class:
+        return 'only MiSLAS is right.'
+    if b_cls == true_class:
+        return 'only the baseline is right.'
+    # Both wrong: the case calibration is about, say how sure each was of its mistake.
+    less = float(p_m[m_cls]) < float(p_b[b_cls])
+    return 'both models are wrong' + (', MiSLAS less confidently.' if less else '.')
 
 
 def _model_input_size(dm: DemoModel) -> Tuple[int, int]:
@@ -269,16 +307,66 @@ def _upload_size(path: Optional[str]) -> Optional[Tuple[int, int]]:
         return None
 
 
-def classes_note(model: DemoModel) -> str:
-    """The permanent caveat: the models only know their training classes."""
+def classes_note(model: DemoModel, max_names: int = 30) -> str:
+    """The permanent caveat: the models only know their training classes (named, up to ``max_names``)."""
     names = model.label_names
     which = f'the {len(names)} CIFAR-10 classes' if tuple(names) == CIFAR10_CLASSES else f'{len(names)} classes'
-    return (f'**The models know only {which}**: {", ".join(names)}. Every image gets one of these, with a '
+    listed = ', '.join(names[:max_names]) + (f' and {len(names) - max_names} more' if len(names) > max_names else '')
+    return (f'**The models know only {which}**: {listed}. Every image gets one of these, with a '
             f'confidence, even if it shows something else (or is pure noise).')
 
 
-def example_images() -> List[str]:
-    return sorted(str(p) for p in EXAMPLES_DIR.glob('*.png'))
+def _images_in(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.name.startswith('.'))
+
+
+def example_images(folder: Optional[str] = None, limit: int = MAX_EXAMPLES) -> List[str]:
+    """The bundled CIFAR-10 test images, or at most ``limit`` images of ``folder``: its own and those one
+    folder down (``test/<class>/*.png``), taken in turn from each subfolder so that every class shows."""
+    if folder is None:
+        return sorted(str(p) for p in EXAMPLES_DIR.glob('*.png'))
+    folder = Path(folder).expanduser()
+    groups = [_images_in(folder)] + [_images_in(sub) for sub in sorted(folder.iterdir())
+                                     if sub.is_dir() and not sub.name.startswith('.')]
+    groups = [g for g in groups if g]
+    picked: List[List[Path]] = [[] for _ in groups]
+    for rank in range(max((len(g) for g in groups), default=0)):
+        for g, chosen in zip(groups, picked):
+            if rank < len(g) and sum(map(len, picked)) < limit:
+                chosen.append(g[rank])
+    return [str(p) for chosen in picked for p in chosen]
+
+
+def default_examples(model: DemoModel) -> List[str]:
+    """The bundled examples for a model with CIFAR-10's classes; none for any other model."""
+    return example_images() if tuple(model.label_names) == CIFAR10_CLASSES else []
+
+
+def example_class(path: str, label_names: Sequence[str]) -> Optional[int]:
+    """The class an example's name states: its folder (``test/ship/0001.png``) or its file name
+    (``ship_0001.png``, ``ship.png``); None when neither is one of ``label_names``."""
+    p = Path(path)
+    if p.parent.name in label_names:
+        return list(label_names).index(p.parent.name)
+    stem = p.stem
+    matches = [n for n in label_names if stem == n or stem.startswith(f'{n}_')]
+    return list(label_names).index(max(matches, key=len)) if matches else None
+
+
+def check_same_classes(model: DemoModel, baseline: DemoModel) -> None:
+    """Refuse a baseline whose classes (names, in order) are not the model's, in one line."""
+    if model.label_names == baseline.label_names:
+        return
+
+    def show(dm: DemoModel) -> str:
+        names = dm.label_names
+        return f'{len(names)} classes ({", ".join(names[:6])}{", ..." if len(names) > 6 else ""})'
+
+    same = sorted(model.label_names) == sorted(baseline.label_names)
+    raise DemoError(f'the model {model.source} and the baseline {baseline.source} have different classes: '
+                    f'{show(model)} vs {show(baseline)}' + (' (the same names in another order)' if same else '')
+                    + '; pass a baseline trained on the same classes')
 
 
 def _refuse(err: DemoError, path: Optional[str] = None, log_it: bool = True):
@@ -290,21 +378,30 @@ def _refuse(err: DemoError, path: Optional[str] = None, log_it: bool = True):
     return gr.Error(str(err), print_exception=False)
 
 
-def build_app(mislas: DemoModel, baselines: Dict[str, DemoModel], default_baseline: Optional[str] = None):
-    """The gr.Blocks page. ``baselines`` maps a choice label to a loaded model. Launch it with
-    ``launch_app`` (or pass ``css=CSS`` to ``launch``)."""
+def build_app(mislas: DemoModel, baselines: Dict[str, DemoModel], default_baseline: Optional[str] = None,
+              examples: Optional[Sequence[str]] = None, examples_label: Optional[str] = None):
+    """The gr.Blocks page. ``baselines`` maps a choice label to a loaded model (each with the model's
+    classes, else DemoError). ``examples``: image paths to click, default ``default_examples(mislas)``.
+    Launch it with ``launch_app`` (or pass ``css=CSS`` to ``launch``)."""
     import gradio as gr
 
     if not baselines:
         raise ValueError('build_app needs at least one baseline model')
+    for baseline in baselines.values():
+        check_same_classes(mislas, baseline)
     choices = list(baselines)
     default_baseline = default_baseline or choices[0]
+    examples = default_examples(mislas) if examples is None else [str(p) for p in examples]
+    bundled = bool(examples) and all(Path(p).parent == EXAMPLES_DIR for p in examples)
+    if examples_label is None:
+        examples_label = ('Examples (CIFAR-10 test images): click one to predict' if bundled
+                          else 'Examples: click one to predict')
 
-    def run(image_path, baseline_choice):
+    def run(image_path, baseline_choice, true_class=None):
         baseline = baselines[baseline_choice or default_baseline]
         try:
             image = open_image(image_path)
-            return (*predict_pair(mislas, baseline, image), input_note([mislas, baseline], image.size))
+            return (*predict_pair(mislas, baseline, image, true_class), input_note([mislas, baseline], image.size))
         except DemoError as err:
             raise _refuse(err, image_path) from None
 
@@ -315,8 +412,11 @@ def build_app(mislas: DemoModel, baselines: Dict[str, DemoModel], default_baseli
         size = _upload_size(image_path)
         return input_note([mislas, baselines[baseline_choice or default_baseline]], size) if size else ''
 
-    def run_example(example_path, baseline_choice):
-        return (example_path, *run(example_path, baseline_choice))
+    def run_example(example_path, label, baseline_choice):
+        # The class comes from the example's original name (carried in a hidden field): Gradio hands
+        # the handler a copy in its cache, whose folder is not the class folder any more.
+        true_class = mislas.label_names.index(label) if label in mislas.label_names else None
+        return (example_path, *run(example_path, baseline_choice, true_class))
 
     def preview(image_path):
         if not image_path:
@@ -340,25 +440,32 @@ def build_app(mislas: DemoModel, baselines: Dict[str, DemoModel], default_baseli
         vectors = gr.JSON(label='probabilities', render=False)
         outputs = [label_m, label_b, vectors, sentence, table]  # the /predict API's outputs, in this order
 
+        how = ('Upload an image (or click an example, tail classes included)' if bundled
+               else 'Upload an image (or click an example)' if examples else 'Upload an image')
         gr.Markdown('# Calibrated long-tailed recognition: MiSLAS vs. an over-confident baseline\n'
-                    'Models trained on long-tailed data are over-confident. Upload an image (or click an example, '
-                    'tail classes included) and compare how sure each model is. Confidences are in percent; '
-                    'head / medium / tail marks how frequent the class was in training.')
+                    f'Models trained on long-tailed data are over-confident. {how} and compare how sure each '
+                    'model is. Confidences are in percent; head / medium / tail marks how frequent the class '
+                    'was in training.')
         baseline_state = gr.State(default_baseline)
         with gr.Row():
             with gr.Column(scale=1):
                 # A gr.File, not a gr.Image: gr.Image decodes uploads before the handler runs, so a
                 # corrupt or huge file would end in Gradio's generic error instead of open_image's message.
                 image = gr.File(label='Image file', file_types=['image'], type='filepath', elem_id='upload')
-                examples = example_images()
                 if examples:
                     # The examples load into a hidden gr.Image, so they show as thumbnails rather than
                     # file names; a click predicts at once and also puts the file into the upload box.
+                    # The baseline column is all None: Gradio leaves the chosen baseline as it is.
                     carrier = gr.Image(type='filepath', visible=False, elem_id='example-carrier')
-                    gr.Examples([[path, None] for path in examples], inputs=[carrier, baseline_state],
-                                fn=run_example, outputs=[image, *outputs, resize_md], run_on_click=True,
-                                cache_examples=False, label='Examples (CIFAR-10 test images): click one to predict',
-                                examples_per_page=len(examples), elem_id='examples', api_name=False)
+                    truth = gr.Textbox(visible=False)
+                    rows = []
+                    for path in examples:
+                        cls = example_class(path, mislas.label_names)
+                        rows.append([path, '' if cls is None else mislas.label_names[cls], None])
+                    gr.Examples(rows, inputs=[carrier, truth, baseline_state], fn=run_example,
+                                outputs=[image, *outputs, resize_md], run_on_click=True, cache_examples=False,
+                                label=examples_label, examples_per_page=min(len(examples), MAX_EXAMPLES),
+                                elem_id='examples', api_name=False, visible_columns=[0])
                 shown = gr.Image(label='Your image', interactive=False, height=200, elem_id='preview')
                 baseline_radio = gr.Radio(choices, value=default_baseline, label='Baseline to compare against')
                 button = gr.Button('Predict', variant='primary')
@@ -414,3 +521,105 @@ def load_models(model: str, baselines: Sequence[Tuple[str, str]]) -> Tuple[DemoM
     loaded = {label: load_demo_model(source, title=label) for label, source in baselines}
     return mislas, loaded
 
+
+def zoo_baselines(label_names: Sequence[str]) -> List[Tuple[str, str]]:
+    """(label, zoo name) of the bundled baselines whose classes are ``label_names``. Only shipped
+    folders count (read from their config.json, nothing is loaded), so this never waits on the network."""
+    from . import zoo
+
+    out = []
+    for label, name in ZOO_BASELINES:
+        entry = zoo.get(name)
+        config = entry.folder / 'config.json' if entry is not None else None
+        if config is None or not config.is_file():
+            continue
+        try:
+            names = json.loads(config.read_text()).get('label_names')
+        except (OSError, json.JSONDecodeError):
+            continue  # a broken bundled folder is the zoo tests' business; the demo just does not offer it
+        if list(names or []) == list(label_names):
+            out.append((label, name))
+    return out
+
+
+def share_reachable(host: str = 'api.gradio.app', port: int = 443, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+EPILOG = """SOURCE: a zoo name, a run or Hub folder (RUN/stage2), local-dir:PATH or hf-hub:ORG/NAME.
+The page shows the models' own classes. The bundled CIFAR-10-LT baselines and example images are offered
+only with a model that has CIFAR-10's classes; otherwise pass --baseline (e.g. the run's stage1 folder) and,
+for examples to click, --examples DIR (e.g. a test/<class>/ image folder). A model and a baseline with
+different classes are refused before anything is served. `python app.py` is the same command."""
+
+
+def _parser(prog: Optional[str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split('\n\n')[0], epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--model', default=DEFAULT_MODEL, help=f'the calibrated model (default: {DEFAULT_MODEL})')
+    p.add_argument('--baseline', help='the baseline to compare against, with the same classes (default: the '
+                                      'bundled CE-only model when the model has CIFAR-10\'s classes; the bundled '
+                                      'mixup model is one click away)')
+    p.add_argument('--examples', metavar='DIR', help='example images to click: the images in DIR and one folder '
+                                                     f'down (at most {MAX_EXAMPLES}; default: the bundled CIFAR-10 '
+                                                     'test images for a CIFAR-10 model, none otherwise)')
+    p.add_argument('--port', type=int, default=7860)
+    p.add_argument('--host', default='127.0.0.1')
+    p.add_argument('--share', action='store_true', help='also open a public gradio.live link (needs internet)')
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
+    """The demo's command line (``python -m mislas_timm.demo`` and ``python app.py``); returns the exit code."""
+    args = _parser(prog).parse_args(argv)
+    prog = prog or Path(sys.argv[0]).name
+
+    def fail(message: str) -> int:
+        print(f'{prog}: error: {message}', file=sys.stderr)
+        return 2
+
+    examples = None
+    if args.examples is not None:
+        folder = Path(args.examples).expanduser()
+        if not folder.is_dir():
+            return fail(f'--examples {args.examples}: no such folder; pass a folder of images '
+                        f'({", ".join(IMAGE_SUFFIXES)}), or leave --examples out')
+        examples = example_images(str(folder))
+        if not examples:
+            return fail(f'--examples {args.examples} holds no images ({", ".join(IMAGE_SUFFIXES)}) in it or one '
+                        'folder down; pass a folder of images, or leave --examples out')
+    try:
+        mislas = load_demo_model(args.model, title='MiSLAS')
+        baselines = {}
+        if args.baseline:
+            baseline = load_demo_model(args.baseline, title='baseline: ' + args.baseline)
+            check_same_classes(mislas, baseline)
+            baselines[baseline.title] = baseline
+        for label, name in zoo_baselines(mislas.label_names):
+            if name != args.baseline:  # already there, under its own label
+                baselines[label] = load_demo_model(name, title=label)
+        if not baselines:
+            return fail(f'no baseline model for {args.model} ({len(mislas.label_names)} classes; the bundled '
+                        'baselines know CIFAR-10\'s 10 only): pass --baseline SOURCE, e.g. the stage-1 folder of '
+                        'the same run')
+        app = build_app(mislas, baselines, examples=examples)
+    except (HubError, DemoError) as err:
+        return fail(str(err))
+    share = args.share
+    if share and not share_reachable():
+        print(f'{prog}: --share needs internet access to Gradio\'s share servers, which cannot be reached; '
+              f'serving locally only at http://{args.host}:{args.port}', file=sys.stderr)
+        share = False
+    configure_logging()
+    launch_app(app, server_name=args.host, server_port=args.port, share=share)
+    return 0
+
+
+if __name__ == '__main__':
+    # Run the imported module's main, not this __main__ copy's: one set of module globals.
+    from mislas_timm.demo import main as _main
+    sys.exit(_main(prog='python -m mislas_timm.demo'))

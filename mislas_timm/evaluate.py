@@ -80,7 +80,7 @@ def main(argv=None) -> int:
 
     from .data.hf import DataError
     from .data.test_shift import check_test_shift, shift_name
-    from .evaluation import default_shifts, evaluate, evaluate_shifts
+    from .evaluation import default_shifts, evaluate, evaluate_shifts, one_line_warnings
     from .hub import HubError, load_model, write_json_atomic
     from .plots import reliability_diagram_png
 
@@ -100,15 +100,16 @@ def main(argv=None) -> int:
     shift_reports = None
     try:
         model = load_model(args.source)
-        if shifts is not None:
-            main_name = shift_name(imbalance, args.test_profile)
-            if main_name not in {shift_name(r, prof) for r, prof in shifts}:
-                shifts.append((imbalance, args.test_profile))
-            shift_reports = evaluate_shifts(model, args.dataset, shifts, seed=args.test_seed, **kwargs)
-            report = shift_reports[main_name]
-        else:
-            report = evaluate(model, args.dataset, test_imbalance=imbalance, test_profile=args.test_profile,
-                              test_seed=args.test_seed, **kwargs)
+        with one_line_warnings('evaluate'):  # e.g. a model measured on a JPEG copy of its data: one line
+            if shifts is not None:
+                main_name = shift_name(imbalance, args.test_profile)
+                if main_name not in {shift_name(r, prof) for r, prof in shifts}:
+                    shifts.append((imbalance, args.test_profile))
+                shift_reports = evaluate_shifts(model, args.dataset, shifts, seed=args.test_seed, **kwargs)
+                report = shift_reports[main_name]
+            else:
+                report = evaluate(model, args.dataset, test_imbalance=imbalance, test_profile=args.test_profile,
+                                  test_seed=args.test_seed, **kwargs)
     except (HubError, DataError, ValueError) as err:
         return fail(err)
     keys = ['top1', 'top5', 'ece', 'mce', 'nll', 'brier', 'num_samples']

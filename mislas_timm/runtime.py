@@ -5,7 +5,9 @@
 - mixed precision: bf16 autocast on a GPU that runs bf16 (fp16 with a grad scaler on one that does
   not); on a CPU, bf16 only where the CPU has native bf16 units (AMX tiles or AVX512-BF16) *and* a
   short start-up measurement of the run's own model confirms bf16 steps are faster (other CPUs,
-  e.g. AVX-512 without bf16 units, emulate bf16 and ran ~10x slower); fp32 otherwise.
+  e.g. AVX-512 without bf16 units, emulate bf16 and ran ~10x slower); fp32 otherwise. A model too
+  slow to time within the budget even one image at a time takes bf16 on the units alone, and its
+  reason says so. fp16 is refused on CPUs (Accelerate would train in fp32 and record fp16).
 - channels-last: on for models with 2-D convolutions (ResNet-32 ran 20-30% faster on the CPUs of
   this project, and it is the fast layout of cuDNN's bf16 kernels), off otherwise.
 
@@ -20,13 +22,13 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ['MIXED_PRECISION_CHOICES', 'SWITCH_CHOICES', 'RuntimeChoices', 'cpu_has_native_bf16',
-           'measure_bf16_speedup', 'resolve_mixed_precision', 'resolve_channels_last', 'device_name',
-           'has_accelerator', 'load_pinned', 'save_pinned']
+__all__ = ['MIXED_PRECISION_CHOICES', 'SWITCH_CHOICES', 'RuntimeChoices', 'cpu_has_native_bf16', 'Bf16Measurement',
+           'measure_bf16', 'measure_bf16_speedup', 'resolve_mixed_precision', 'precision_problem',
+           'resolve_channels_last', 'device_name', 'has_accelerator', 'load_pinned', 'save_pinned']
 
 MIXED_PRECISION_CHOICES = ('auto', 'no', 'fp16', 'bf16')
 SWITCH_CHOICES = ('auto', True, False)
@@ -90,46 +92,93 @@ def resolve_channels_last(requested: Any, model: torch.nn.Module) -> bool:
     return _conv_model(model)
 
 
-def _step_time(model: torch.nn.Module, images: torch.Tensor, bf16: bool, steps: int) -> float:
-    """Seconds per forward+backward step (parameters' gradients are discarded afterwards)."""
-    def one() -> None:
-        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
-            loss = model(images).float().logsumexp(dim=1).mean()
-        loss.backward()
-
-    one()  # warm-up: kernel selection, allocator
+def _step_time(model: torch.nn.Module, images: torch.Tensor, bf16: bool) -> float:
+    """Seconds of one forward+backward step (the parameters' gradients accumulate; dropped by the caller)."""
     start = time.perf_counter()
-    for _ in range(steps):
-        one()
-    model.zero_grad(set_to_none=True)
-    return (time.perf_counter() - start) / steps
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+        loss = model(images).float().logsumexp(dim=1).mean()
+    loss.backward()
+    return time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class Bf16Measurement:
+    """What the start-up measurement found: ``speedup`` (fp32 step time / bf16 step time, best of
+    ``steps`` alternated steps of each at ``batch_size``), or None when the model is too slow to time
+    at :data:`MIN_MEASURE_BATCH` within the budget; ``step_s``: the best fp32 step, or (not measured)
+    the untimed fp32 + bf16 pair of one image that showed it."""
+    speedup: Optional[float]
+    batch_size: int
+    steps: int
+    step_s: float
+
+
+# Timed fp32 / bf16 step pairs at most; the best step of each precision counts.
+MEASURE_ROUNDS = 5
+# Smaller batches do not tell: ResNet-32 on an AMX CPU ran bf16 0.7-0.95x the fp32 speed at batch 1-4,
+# 1.7-2.0x at 8-32 (and at the training batch).
+MIN_MEASURE_BATCH = 8
+
+
+def measure_bf16(model: torch.nn.Module, input_size: Sequence[int], batch_size: int = 32,
+                 channels_last: bool = False, budget_s: float = 6.0) -> Bf16Measurement:
+    """Time training steps of ``model`` (a copy in train mode) on the CPU in fp32 and in bf16 autocast.
+
+    Made to hold on a busy machine and to end near ``budget_s`` for any model: an fp32 + bf16 pair on
+    one image (untimed: it also pays the one-time kernel selection) bounds the cost of an image; the
+    batch is ``batch_size``, halved while a warm-up pair and one timed pair would not fit what is left,
+    but not below :data:`MIN_MEASURE_BATCH` (then: not measured). After an untimed pair at that batch,
+    fp32 and bf16 steps alternate, at least one pair and up to :data:`MEASURE_ROUNDS` while they fit;
+    the best step of each counts (a load that comes and goes slows both alike; the minimum filters it)."""
+    import copy
+
+    deadline = time.perf_counter() + budget_s
+    probe = copy.deepcopy(model).train()
+    if channels_last:
+        probe = probe.to(memory_format=torch.channels_last)
+
+    def batch_of(size: int) -> torch.Tensor:
+        images = torch.randn(size, *input_size)
+        return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+    one = batch_of(1)
+    per_image = _step_time(probe, one, bf16=False) + _step_time(probe, one, bf16=True)
+    batch = max(int(batch_size), MIN_MEASURE_BATCH)
+    while batch > MIN_MEASURE_BATCH and 2 * batch * per_image > deadline - time.perf_counter():
+        batch = max(batch // 2, MIN_MEASURE_BATCH)
+    if 2 * batch * per_image > deadline - time.perf_counter():
+        probe.zero_grad(set_to_none=True)
+        return Bf16Measurement(None, batch, 0, per_image)
+    images = batch_of(batch)
+    _step_time(probe, images, bf16=False)
+    _step_time(probe, images, bf16=True)
+    fp32: List[float] = []
+    bf16: List[float] = []
+    while len(fp32) < MEASURE_ROUNDS:
+        fp32.append(_step_time(probe, images, bf16=False))
+        bf16.append(_step_time(probe, images, bf16=True))
+        if time.perf_counter() + fp32[-1] + bf16[-1] > deadline:
+            break
+    probe.zero_grad(set_to_none=True)
+    return Bf16Measurement(min(fp32) / min(bf16), batch, len(fp32), min(fp32))
 
 
 def measure_bf16_speedup(model: torch.nn.Module, input_size: Sequence[int], batch_size: int = 32,
                          channels_last: bool = False, budget_s: float = 6.0) -> Optional[float]:
-    """fp32 step time / bf16 step time of ``model`` on the CPU (a copy in train mode), or None
-    when one fp32 step is too slow to measure within ``budget_s`` (a large model, or a CPU busy
-    with other work)."""
-    import copy
-
-    probe = copy.deepcopy(model).train()
-    images = torch.randn(batch_size, *input_size)
-    if channels_last:
-        probe = probe.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
-    start = time.perf_counter()
-    fp32 = _step_time(probe, images, bf16=False, steps=1)
-    if time.perf_counter() - start > budget_s / 4:
-        return None
-    steps = max(1, min(5, int(budget_s / 4 / max(fp32, 1e-6))))
-    fp32 = _step_time(probe, images, bf16=False, steps=steps)
-    bf16 = _step_time(probe, images, bf16=True, steps=steps)
-    return fp32 / bf16
+    """fp32 step time / bf16 step time of ``model`` on the CPU (see :func:`measure_bf16`), or None
+    when the model is too slow to time within ``budget_s`` even one image at a time."""
+    return measure_bf16(model, input_size, batch_size, channels_last, budget_s).speedup
 
 
 def resolve_mixed_precision(requested: str, model: torch.nn.Module, input_size: Sequence[int], *,
-                            use_cpu: bool, channels_last: bool, measure: bool = True) -> Tuple[str, str]:
-    """(choice, reason) for ``--mixed-precision``; an explicit value is returned as given."""
+                            use_cpu: bool, channels_last: bool, measure: bool = True,
+                            budget_s: float = 6.0) -> Tuple[str, str]:
+    """(choice, reason) for ``--mixed-precision``; an explicit value is returned as given (see
+    :func:`precision_problem` for the ones a device cannot run).
+
+    ``auto`` on a CPU with native bf16 units is decided by :func:`measure_bf16`; when the model is too
+    slow to time within ``budget_s`` (or ``measure`` is off: several processes would measure
+    differently), it takes bf16 on the strength of the units alone, and the reason says so."""
     if requested not in MIXED_PRECISION_CHOICES:
         raise ValueError(f'mixed precision must be one of {MIXED_PRECISION_CHOICES}, got {requested!r}')
     if requested != 'auto':
@@ -143,14 +192,25 @@ def resolve_mixed_precision(requested: str, model: torch.nn.Module, input_size: 
     if not cpu_has_native_bf16():
         return 'no', 'the CPU has no native bf16 units (AMX / AVX512-BF16)'
     if not measure:
-        return 'bf16', 'the CPU has native bf16 units (not measured)'
-    speedup = measure_bf16_speedup(model, input_size, channels_last=channels_last)
-    if speedup is None:
-        return 'bf16', ('the CPU has native bf16 units (not measured: one fp32 step outran the start-up budget, '
-                        'a large model or a busy CPU)')
-    if speedup >= BF16_MIN_SPEEDUP:
-        return 'bf16', f'the CPU has native bf16 units and a bf16 step measured {speedup:.2f}x faster'
-    return 'no', f'the CPU reports bf16 units but a bf16 step measured {speedup:.2f}x the fp32 speed'
+        return 'bf16', ('the CPU has native bf16 units; not measured (several processes would measure '
+                        'differently): decided by the units alone')
+    found = measure_bf16(model, input_size, channels_last=channels_last, budget_s=budget_s)
+    timing = f'best of {found.steps} alternated steps at batch {found.batch_size}'
+    if found.speedup is None:
+        return 'bf16', (f'the CPU has native bf16 units; not measured: an fp32 + bf16 training step of one image '
+                        f'took {found.step_s:.2f} s, too slow to time batches of {found.batch_size} within the '
+                        f'{budget_s:g} s start-up budget, so the units alone decide')
+    if found.speedup >= BF16_MIN_SPEEDUP:
+        return 'bf16', f'the CPU has native bf16 units and a bf16 step measured {found.speedup:.2f}x faster ({timing})'
+    return 'no', f'the CPU reports bf16 units but a bf16 step measured {found.speedup:.2f}x the fp32 speed ({timing})'
+
+
+def precision_problem(precision: str, use_cpu: bool) -> Optional[str]:
+    """Why ``precision`` cannot run on the device, else None: fp16 needs a GPU (on a CPU, Accelerate
+    would silently train in fp32 while the run records fp16)."""
+    if precision == 'fp16' and use_cpu:
+        return 'fp16 mixed precision needs a GPU; on a CPU use bf16 or no'
+    return None
 
 
 def load_pinned(path: Path) -> Optional[Dict[str, Any]]:

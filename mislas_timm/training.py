@@ -19,10 +19,11 @@ import os
 import shlex
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,17 +32,19 @@ from torch.utils.data import DataLoader
 
 from .config import ConfigError, StageConfig, TrainConfig, parse_config
 from .data.batch_augment import BatchCropFlip, DecodedImages, resolve_decode_once
-from .data.hf import (DECODE_ERRORS, DataError, ImageClassificationView, build_train_transform, dataset_from_split_list,
-                      find_undecodable_row, image_error, label_names as dataset_label_names, labels_of, load_split,
-                      resolve_columns)
+from .data.hf import (DECODE_ERRORS, DataError, ImageClassificationView, SplitNotFound, as_image_column,
+                      build_train_transform, dataset_from_split_list, encode_labels, find_undecodable_row, image_error,
+                      is_single_split, label_names as dataset_label_names, labels_of, load_split, resolve_columns)
 from .data.encoding import image_encoding
-from .data.longtail import class_counts as count_classes, longtail_view, split_sha256
+from .data.longtail import class_counts as count_classes, longtail_view, split_sha256, stratified_holdout
 from .data.sampler import ClassAwareSampler, InstanceSampler, worker_generator
 from .evaluation import evaluate
-from .hub import HubError, load_model, resolve_source, save_hub_folder, write_json_atomic
+from .hub import save_hub_folder, write_json_atomic
+from .initialization import load_init_weights, load_source, resolve_start
 from .losses import BalancedSoftmaxCrossEntropy, LabelAwareSmoothing, mixup_batch, mixup_cross_entropy
-from .runtime import (RuntimeChoices, device_name, has_accelerator, load_pinned, resolve_channels_last,
-                      resolve_mixed_precision, save_pinned)
+from .precise_bn import precise_bn_batches, recompute_bn_stats, tracking_bn_layers
+from .runtime import (RuntimeChoices, device_name, has_accelerator, load_pinned, precision_problem,
+                      resolve_channels_last, resolve_mixed_precision, save_pinned)
 from .stage2 import fold_head, head_parameter_groups, to_stage2
 
 __all__ = ['TrainingError', 'TrainData', 'load_data', 'build_model', 'lr_multiplier', 'loss_problem', 'run_training',
@@ -69,6 +72,8 @@ class TrainData:
 
 
 def _load_raw_splits(cfg: TrainConfig):
+    """(training split, test split); the test split is None when the data set has none and
+    ``dataset.test_fraction`` asks for a held-out one instead."""
     d = cfg.dataset
     if d.train_list or d.test_list:
         if not (d.train_list and d.test_list and d.data_root):
@@ -78,19 +83,64 @@ def _load_raw_splits(cfg: TrainConfig):
     if not d.source:
         raise DataError(f'preset {cfg.preset!r} has no default data set: pass --dataset, or '
                         '--data-root with --train-list / --test-list')
-    return load_split(d.source, d.train_split), load_split(d.source, d.test_split)
+    train = load_split(d.source, d.train_split)
+    # A saved single Dataset answers every split name with itself: never test on the training images.
+    missing = None
+    if is_single_split(d.source):
+        missing = SplitNotFound(d.source, d.test_split, [d.train_split])
+    else:
+        try:
+            return train, load_split(d.source, d.test_split)
+        except SplitNotFound as err:
+            missing = err
+    if not d.test_fraction:
+        raise DataError(f'{missing}, or set dataset.test_fraction (e.g. 0.2) to hold out a test split of the '
+                        'training split')
+    return train, None
+
+
+def _no_empty_class(labels: List[int], names: List[str], where: str) -> List[int]:
+    """The class counts of a training split; a class without images is a DataError naming it."""
+    try:
+        counts = count_classes(labels, len(names))
+    except ValueError as err:
+        raise DataError(f'{where}: {err}; class indices must be 0..K-1') from None
+    empty = [c for c, n in enumerate(counts) if n == 0]
+    if empty:
+        shown = ', '.join(f'{names[c]!r} (label {c})' for c in empty[:5]) + (', ...' if len(empty) > 5 else '')
+        raise DataError(f'{where} has no images of class{"es" if len(empty) > 1 else ""} {shown}: every class needs '
+                        'training images; add some, or relabel the data without that class')
+    return counts
 
 
 def load_data(cfg: TrainConfig, max_train_samples: Optional[int] = None,
               max_eval_samples: Optional[int] = None) -> TrainData:
-    """The training view (long-tailed if the preset asks), the validation and the test split."""
+    """The training view (long-tailed if the preset asks), the validation and the test split.
+
+    Labels may be ClassLabel, int or class-name strings (class names: the sorted unique strings of
+    the training split; the other splits are mapped with them). Data without a test split gets a
+    stratified one held out of its training split (``dataset.test_fraction``); without a long-tail
+    view, ``dataset.val_per_class`` holds out the validation split. Every recorded checksum
+    (split_sha256, val_sha256, test_sha256) indexes the training split as loaded."""
     cfg = parse_config(cfg)
     d = cfg.dataset
+    lt = cfg.longtail
+    if lt and d.val_per_class:
+        raise ConfigError('dataset.val_per_class is for data used as it is; with a long-tail view (the longtail '
+                          f'section) set dataset.val_per_class=null and longtail.val_per_class={d.val_per_class}')
+    where = str(d.source or d.train_list)
     train, test = _load_raw_splits(cfg)
     image_column, label_column = resolve_columns(train, d.image_column, d.label_column)
-    resolve_columns(test, image_column, label_column)
+    if test is not None:
+        resolve_columns(test, image_column, label_column)
+    train = as_image_column(train, image_column)
     names = dataset_label_names(train, label_column)
+    named = names is not None  # class names from the data (ClassLabel or strings): other splits map by name
+    if named:
+        train = encode_labels(train, label_column, names, f'the training split of {where}')
     labels = labels_of(train, label_column)
+    if not labels:
+        raise DataError(f'the training split of {where} has no images; pass a data set with training images')
     num_classes = len(names) if names else max(labels) + 1
     expected = d.num_classes
     if expected and num_classes != expected:
@@ -98,33 +148,65 @@ def load_data(cfg: TrainConfig, max_train_samples: Optional[int] = None,
                         f'{cfg.preset!r} expects {expected}; pass the matching --dataset / --label-column '
                         f'or --set dataset.num_classes={num_classes}')
     names = names or [str(i) for i in range(num_classes)]
-    lt = cfg.longtail
+    _no_empty_class(labels, names, f'the training split of {where}')
     meta: Dict[str, Any] = {'imb_factor': None, 'data_seed': None, 'profile': None}
+    base = np.arange(len(labels))  # the rows the views below draw from: the training split less a held-out test
+    if test is None:
+        base, held = stratified_holdout(labels, num_classes, d.test_fraction)
+        test = train.select(held.tolist())
+        meta.update(test_source=f'held out of the training split (stratified, test_fraction {d.test_fraction:g})',
+                    test_fraction=d.test_fraction, test_sha256=split_sha256(held),
+                    test_counts=count_classes([labels[i] for i in held.tolist()], num_classes))
+        logger.info('data: %s has no %r split: held out %d of its %d training images as the test split (a '
+                    'stratified %g of each class, dataset.test_fraction), sha256 %s', where, d.test_split, len(held),
+                    len(labels), d.test_fraction, meta['test_sha256'])
+    else:
+        test = as_image_column(test, image_column)
+        if named:
+            test = encode_labels(test, label_column, names, f'the test split of {where}')
+    view_labels = [labels[i] for i in base.tolist()]
     val = None
+    val_idx = None
     if lt:
         # The long-tail view and its validation images (from the images the view leaves out; the head
         # class, which keeps all of its images, gives up some of its kept ones).
         try:
-            kept, val_idx = longtail_view(labels, num_classes, lt.imb_factor, lt.profile, lt.data_seed, lt.n_max,
+            kept, val_idx = longtail_view(view_labels, num_classes, lt.imb_factor, lt.profile, lt.data_seed, lt.n_max,
                                           lt.val_per_class)
         except ValueError as err:
             raise DataError(f'long-tail view of {d.source or d.train_list}: {err}') from None
         imb = int(lt.imb_factor) if float(lt.imb_factor).is_integer() else lt.imb_factor
         meta.update(imb_factor=imb, data_seed=lt.data_seed, profile=lt.profile, n_max=lt.n_max)
-        if lt.val_per_class:
-            val = train.select(val_idx.tolist())
-            meta.update(val_per_class=lt.val_per_class, val_sha256=split_sha256(val_idx),
-                        val_counts=count_classes([labels[i] for i in val_idx.tolist()], num_classes),
-                        val_source='held out of the training split')
+        val_per_class = lt.val_per_class
+    elif d.val_per_class and not (d.val_list or d.val_split):
+        # The data as it is: val_per_class images of each class held out (a class short of images keeps one).
+        kept, val_idx = longtail_view(view_labels, num_classes, None, val_per_class=d.val_per_class)
+        val_per_class = d.val_per_class
     else:
-        kept = np.arange(len(labels))
+        kept = np.arange(len(view_labels))
+        if d.val_per_class:
+            logger.info('validation: the data\'s own %s (dataset.val_per_class not used)',
+                        f'split {d.val_split}' if d.val_split else f'list {d.val_list}')
+    kept = base[kept]
+    if val_idx is not None and len(val_idx):
+        val_idx = base[val_idx]
+        val = train.select(val_idx.tolist())
+        val_counts = count_classes([labels[i] for i in val_idx.tolist()], num_classes)
+        meta.update(val_per_class=val_per_class, val_sha256=split_sha256(val_idx), val_counts=val_counts,
+                    val_source='held out of the training split')
+        short = [names[c] for c, n in enumerate(val_counts) if n < val_per_class]
+        if short:
+            logger.info('validation: %d images per class held out of training; %d class(es) with fewer images (%s) '
+                        'keep one for training', val_per_class, len(short), ', '.join(short[:5]))
     if val is None and d.val_list:
         if not d.data_root:
             raise DataError('--val-list needs --data-root (the folder its image paths are relative to)')
         val = dataset_from_split_list(d.data_root, d.val_list)
         meta.update(val_source=str(d.val_list))
     elif val is None and d.val_split:
-        val = load_split(d.source, d.val_split)
+        val = as_image_column(load_split(d.source, d.val_split), image_column)
+        if named:
+            val = encode_labels(val, label_column, names, f'split {d.val_split} of {where}')
         meta.update(val_source=f'split {d.val_split}')
     if val is not None:
         meta['num_val'] = len(val)
@@ -137,7 +219,8 @@ def load_data(cfg: TrainConfig, max_train_samples: Optional[int] = None,
     counts = count_classes(train_labels, num_classes)
     empty = [c for c, n in enumerate(counts) if n == 0]
     if empty:
-        raise DataError(f'classes {empty[:10]} have no training images after the long-tail view / '
+        shown = ', '.join(repr(names[c]) for c in empty[:10])
+        raise DataError(f'classes {shown} have no training images after the long-tail view / '
                         '--max-train-samples; raise --max-train-samples or lower the imbalance factor')
     if max_eval_samples and max_eval_samples < len(test):
         test = test.select(range(max_eval_samples))
@@ -176,35 +259,27 @@ def _check_images_decode(ds, image_column: str, split: str) -> None:
 
 
 def build_model(cfg: TrainConfig, num_classes: int, label_names: List[str]) -> torch.nn.Module:
-    """The preset's timm model with num_classes and the preset's preprocessing in its pretrained_cfg."""
+    """Stage 1's timm model with num_classes, started from ``model.init``'s weights if the config names
+    a source (:func:`mislas_timm.initialization.load_init_weights`), with the run's preprocessing in its
+    pretrained_cfg."""
     import timm
 
     m = cfg.model
     _check_arch(m.arch)
     model = timm.create_model(m.arch, pretrained=m.pretrained, num_classes=num_classes, **m.kwargs)
-    if m.trunk_weights:
-        _load_trunk(model, m.trunk_weights)
+    if m.init:
+        source_cfg = load_init_weights(model, cfg, label_names)
+        if source_cfg is not None:  # the source's architecture: its preprocessing (interpolation, ...) is the run's
+            model.pretrained_cfg = model.default_cfg = source_cfg
     _apply_data_cfg(model, cfg, label_names)
     return model
 
 
-def _load_trunk(model: torch.nn.Module, source: str) -> None:
-    """Initialise the shared layers from another (pretrained) timm model, e.g. Places-LT's ResNet-152
-    trunk from ImageNet weights; the classifier and layers the source lacks keep their init."""
+def _check_arch(arch: Optional[str]) -> None:
     import timm
 
-    own = model.state_dict()
-    src = {k: v for k, v in timm.create_model(source, pretrained=True).state_dict().items()
-           if k in own and own[k].shape == v.shape and not k.startswith('fc.')}
-    if not src:
-        raise ConfigError(f'model.trunk_weights {source!r} shares no layer with {type(model).__name__}')
-    model.load_state_dict(src, strict=False)
-    logger.info('initialised %d tensors from %s', len(src), source)
-
-
-def _check_arch(arch: str) -> None:
-    import timm
-
+    if arch is None:
+        raise ConfigError('config key model.arch is null: pass --init SOURCE or --model ARCH')
     if not timm.is_model(arch):
         raise ConfigError(f'config key model.arch: unknown model {arch!r}; pass a timm model name '
                           '(see timm.list_models())')
@@ -286,9 +361,10 @@ _RESUME_MAY_CHANGE = ('runtime.', 'dataset.source', 'dataset.data_root', 'datase
 
 def stage_recipe(cfg: TrainConfig, stage: str, data_meta: Dict[str, Any]) -> Dict[str, Any]:
     """The settings a checkpoint of ``stage`` (``stage1`` / ``stage2``) was trained with, flattened to
-    ``section.key``: everything but the other stage's section and :data:`_RESUME_MAY_CHANGE`, plus
-    which images it trained on (the kept indices' sha256, which --max-train-samples also changes, and
-    the image encoding)."""
+    ``section.key``: everything but the other stage's section and :data:`_RESUME_MAY_CHANGE` (so also
+    the model it started from, ``model.init``, and its weights' ``model.init_sha256``), plus which
+    images it trained on (the kept indices' sha256, which --max-train-samples also changes, and the
+    image encoding)."""
     other = 'stage2.' if stage == 'stage1' else 'stage1.'
     flat: Dict[str, Any] = {key: data_meta.get(key) for key in ('split_sha256', 'image_encoding')}
 
@@ -305,18 +381,82 @@ def stage_recipe(cfg: TrainConfig, stage: str, data_meta: Dict[str, Any]) -> Dic
     return json.loads(json.dumps(kept, default=str))  # as progress.json gives it back: tuples are lists
 
 
-def check_same_recipe(saved: Optional[Dict[str, Any]], current: Dict[str, Any], stage: str) -> None:
-    """Refuse a resume whose settings differ from those its checkpoint was trained with."""
-    if not saved:  # checkpoints written before the recipe was recorded
-        return
-    # Only what the checkpoint recorded: a key its (older) code did not record cannot be compared.
-    changed = sorted(k for k in saved if saved[k] != current.get(k))
+def _shown(value: Any) -> str:
+    """A recorded value for a one-line message (a sha256 cut to its first 12 digits)."""
+    if isinstance(value, str) and len(value) == 64 and all(c in '0123456789abcdef' for c in value):
+        return repr(value[:12] + '...')
+    return repr(value)
+
+
+def _recipe_differences(saved: Optional[Dict[str, Any]], current: Dict[str, Any]) -> List[str]:
+    """The keys whose recorded value differs from the asked one: the configuration's first, then which
+    images / weights it trained on. Only what was recorded: a key older code did not record is not compared."""
+    changed = [k for k in (saved or {}) if saved[k] != current.get(k)]
+    return sorted(changed, key=lambda k: ('.' not in k or k.endswith('sha256'), k))
+
+
+def _differences_message(found: List[tuple]) -> str:
+    """One line from (stage, verb, key, asked, recorded) tuples."""
+    shown = [f'{key} is {_shown(asked)} but {stage} was {verb} with {_shown(recorded)}'
+             for stage, verb, key, asked, recorded in found[:6]]
+    if len(found) > 6:
+        shown.append(f'and {len(found) - 6} more ({", ".join(item[2] for item in found[6:])})')
+    return (f'--resume: {"; ".join(shown)}; resume with the settings the run started with, or start a new '
+            '--output-dir')
+
+
+def check_same_recipe(saved: Optional[Dict[str, Any]], current: Dict[str, Any], stage: str,
+                      verb: str = 'checkpointed') -> None:
+    """Refuse a resume whose settings differ from those its checkpoint was trained with (each differing
+    key with both values, in one line)."""
+    changed = _recipe_differences(saved, current)
     if changed:
-        key = changed[0]
-        more = f' (and {len(changed) - 1} more: {", ".join(changed[1:4])})' if len(changed) > 1 else ''
-        raise ConfigError(f'--resume: {key} is {current.get(key)!r} but {stage} was checkpointed with '
-                          f'{saved.get(key)!r}{more}; resume with the settings the run started with, or start a new '
-                          '--output-dir')
+        raise ConfigError(_differences_message([(stage, verb, k, current.get(k), saved[k]) for k in changed]))
+
+
+# A finished stage's config.json (``mislas`` block) in stage_recipe's keys: what a run folder whose
+# checkpoints were deleted still tells about how its stages were trained.
+_CARD_RECIPE_KEYS = {'split_sha256': 'split_sha256', 'image_encoding': 'image_encoding', 'seed': 'seed',
+                     'imb_factor': 'longtail.imb_factor', 'data_seed': 'longtail.data_seed',
+                     'profile': 'longtail.profile', 'n_max': 'longtail.n_max'}
+
+
+def _finished_stage_recipe(folder: Path, stage: str, current: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The recorded settings of the finished stage in ``folder`` that ``current`` has keys for."""
+    try:
+        config = json.loads((folder / 'config.json').read_text())
+    except (OSError, ValueError):
+        return None
+    mislas = config.get('mislas') or {}
+    saved = {new: mislas[old] for old, new in _CARD_RECIPE_KEYS.items() if old in mislas}
+    if config.get('architecture'):
+        saved['model.arch'] = config['architecture']
+    saved.update({f'{stage}.{key}': value for key, value in (mislas.get('recipe') or {}).items()})
+    return {k: v for k, v in saved.items() if k in current}
+
+
+def check_resume_settings(cfg: TrainConfig, data_meta: Dict[str, Any], out: Path, stages: Sequence[str]) -> None:
+    """``--resume``: before any work, refuse settings other than those each stage already in ``out`` was
+    trained with, finished (then it would be reported as done, or built on) or checkpointed (then it
+    would continue under another recipe). One line naming every differing key with both values.
+
+    A ``--stage 2`` run on ``OUT/stage1`` (no ``model.init``) also holds that stage 1 to these settings:
+    an IF50 stage 2 must not be trained on an IF100 stage 1."""
+    wanted = [f'stage{s}' for s in stages]
+    if wanted == ['stage2'] and not cfg.model.init:
+        wanted.insert(0, 'stage1')
+    found: List[tuple] = []
+    for stage in wanted:
+        current = stage_recipe(cfg, stage, data_meta)
+        finished = _stage_done(out / stage)
+        saved = (_newest_progress(out / 'checkpoints', stage) or {}).get('recipe')
+        if saved is None and finished:
+            saved = _finished_stage_recipe(out / stage, stage, current)
+        reported = {item[2] for item in found}
+        found += [(stage, 'trained' if finished else 'checkpointed', k, current.get(k), saved[k])
+                  for k in _recipe_differences(saved, current) if k not in reported]
+    if found:
+        raise ConfigError(_differences_message(found))
 
 
 def recover_checkpoint(root: Path, stage: str) -> Optional[Path]:
@@ -355,6 +495,7 @@ class Checkpointer:
         self.accelerator = accelerator
         self.choices = choices
         self.recipe = recipe
+        self.start_loss: Optional[float] = None  # the stage's first loss: what divergence is judged against
 
     @property
     def path(self) -> Path:
@@ -368,6 +509,11 @@ class Checkpointer:
         progress = _read_progress(self.path)
         return float((progress or {}).get('train_time_s', 0.0))
 
+    def recorded_start_loss(self) -> Optional[float]:
+        """The stage's first loss as its last checkpoint recorded it (None for older checkpoints)."""
+        value = (_read_progress(self.path) or {}).get('start_loss')
+        return None if value is None else float(value)
+
     def save(self, epoch: int, train_time_s: float = 0.0) -> None:
         acc = self.accelerator
         path, tmp, old = _checkpoint_folders(self.root, self.stage)
@@ -380,7 +526,8 @@ class Checkpointer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             write_json_atomic(tmp / 'progress.json', {'stage': self.stage, 'epoch': epoch,
-                                                      'train_time_s': train_time_s, 'recipe': self.recipe})
+                                                      'train_time_s': train_time_s, 'recipe': self.recipe,
+                                                      'start_loss': self.start_loss})
             pinned = self.root / 'runtime.json'
             if self.choices is not None and _pinned_differs(load_pinned(pinned), self.choices):
                 # Pinned with the checkpoint (a run that failed before one left no state to resume),
@@ -408,21 +555,42 @@ class Checkpointer:
         return epoch + 1
 
 
-# A finite loss above this many times log K has diverged. Cross-entropy of a uniform guess is log K;
-# the losses trained here (CE, mixup CE, Balanced Softmax, LAS) start near it and fall. A healthy
-# run stays within a few times log K, a diverging one runs to 1e3..1e10 within a few steps.
+# A finite loss above this many times its stage's reference has diverged. The reference is the larger of
+# log K (the cross-entropy of a uniform guess) and the stage's own first loss: the losses trained here (CE,
+# mixup CE, Balanced Softmax, LAS) start near log K and fall, a healthy run stays within a few times
+# its start, a diverging one runs to 1e3..1e10 within a few steps.
 DIVERGENCE_FACTOR = 50.0
+# A stage whose very first loss is above this many times log K starts from a broken model (for stage 2:
+# its stage-1 model; a 6-step stage 1 evaluated with unsettled BN statistics started stage 2 at 45 x log K),
+# which is reported as such, before any step, instead of as a divergence of the stage itself.
+BAD_START_FACTOR = 10.0
 
 
-def loss_problem(loss: float, num_classes: int) -> Optional[str]:
-    """Why a step's loss must stop the run (NaN / inf, or > DIVERGENCE_FACTOR * log K), else None."""
+def loss_problem(loss: float, num_classes: int, start_loss: Optional[float] = None) -> Optional[str]:
+    """Why a step's loss must stop the run (NaN / inf, or > DIVERGENCE_FACTOR x the larger of log K and
+    the stage's first loss ``start_loss``), else None."""
     if not math.isfinite(loss):
         return f'loss is {loss}'
-    limit = DIVERGENCE_FACTOR * math.log(max(num_classes, 2))
+    log_k = math.log(max(num_classes, 2))
+    if start_loss is not None and math.isfinite(start_loss) and start_loss > log_k:
+        limit = DIVERGENCE_FACTOR * start_loss
+        what = f"{DIVERGENCE_FACTOR:g} x {start_loss:.3g}, the stage's first loss"
+    else:
+        limit = DIVERGENCE_FACTOR * log_k
+        what = f'{DIVERGENCE_FACTOR:g} x log {num_classes}, the loss of a uniform guess'
     if loss > limit:
-        return (f'loss {loss:.4g} exceeds {limit:.0f} ({DIVERGENCE_FACTOR:g} x log {num_classes}, the loss of a uniform '
-                'guess): training diverged')
+        return f'loss {loss:.4g} exceeds {limit:.0f} ({what}): training diverged'
     return None
+
+
+def start_problem(loss: float, num_classes: int) -> Optional[str]:
+    """Why a stage's first loss shows that the model it starts from is broken (> BAD_START_FACTOR x
+    log K), else None."""
+    log_k = math.log(max(num_classes, 2))
+    if math.isfinite(loss) and loss <= BAD_START_FACTOR * log_k:
+        return None
+    times = f', {loss / log_k:.0f} x log {num_classes} (the loss of a uniform guess)' if math.isfinite(loss) else ''
+    return f'starts at loss {loss:.4g}{times}'
 
 
 def _seed_for(seed: int, *parts: int) -> int:
@@ -442,6 +610,9 @@ class StageSpec:
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     mixup_alpha: float = 0.0
     adjust_logits: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # e.g. Balanced Softmax's + log prior
+    # What a broken start is blamed on, and what to do about it (see start_problem).
+    origin: str = 'the model it starts from is broken'
+    start_fix: str = 'check the initial weights and the preprocessing (data.mean / data.std / data.input_size)'
 
 
 def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: TrainConfig, out: Path,
@@ -467,6 +638,7 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: TrainConfig
         group['initial_lr'] = lr
     if start_epoch:
         logger.info('%s: resumed after epoch %d from %s', spec.name, start_epoch, checkpointer.path)
+        checkpointer.start_loss = checkpointer.recorded_start_loss()
     view, batch_transform = _training_view(cfg, data, accelerator.unwrap_model(model).pretrained_cfg,
                                            choices.decode_once)
     per_process_batch = _per_process_batch(sc.batch_size, accelerator.num_processes)
@@ -505,7 +677,16 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: TrainConfig
                     loss = mixup_cross_entropy(logits, y_a, y_b, lam)
                 else:
                     loss = spec.loss_fn(model(images).float(), targets)
-            problem = loss_problem(float(loss.detach()), data.num_classes)
+            value = float(loss.detach())
+            if checkpointer.start_loss is None and epoch == 0 and step == 0:
+                # The stage's own start: judged apart, so a broken starting model is named as such.
+                bad_start = start_problem(value, data.num_classes)
+                if bad_start:
+                    raise TrainingError(f'{spec.name}: {bad_start}: {spec.origin}, not this stage\'s lr; '
+                                        f'{spec.start_fix}. Nothing of {spec.name} was trained or written')
+            if checkpointer.start_loss is None and math.isfinite(value):
+                checkpointer.start_loss = value  # (a checkpoint from before start losses were recorded: its first)
+            problem = loss_problem(value, data.num_classes, checkpointer.start_loss)
             if problem:
                 last = checkpointer.latest_epoch()
                 where = f'{checkpointer.path} (after epoch {last})' if last is not None else 'none yet'
@@ -531,9 +712,51 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: TrainConfig
     # (so the end-of-stage report would be measured in bf16, not fp32 like `evaluate` and `zoo --verify`)
     # and torch.compile's wrapper (whose state-dict keys carry an `_orig_mod.` prefix).
     trained = accelerator.unwrap_model(model, keep_fp32_wrapper=False, keep_torch_compile=False)
+    trained.mislas_precise_bn = _precise_bn(accelerator, spec, trained, cfg, view, batch_transform, per_process_batch,
+                                            steps_per_epoch, memory_format)
     trained.to(memory_format=torch.contiguous_format)  # saved weights must be plain contiguous tensors
     trained.mislas_train_time_s = train_time
     return trained
+
+
+def _precise_bn(accelerator, spec: StageSpec, model: torch.nn.Module, cfg: TrainConfig, view, batch_transform,
+                per_process_batch: int, steps_per_epoch: int, memory_format) -> Dict[str, int]:
+    """A stage shorter than ``precise_bn_below_steps`` optimizer steps: re-estimate the running statistics
+    of the BN layers it trained on one epoch of its own training batches (augmented, without mixup, in
+    fp32 like the evaluation), averaged over the processes. A longer stage returns at once, touching
+    nothing (no random draw either), so it trains exactly as before this pass existed. Returns what the
+    recipe records."""
+    sc = spec.stage_cfg
+    stage_steps = sc.epochs * steps_per_epoch
+    wanted = precise_bn_batches(stage_steps, sc.precise_bn_below_steps, steps_per_epoch, sc.batch_size)
+    record = {'precise_bn_below_steps': sc.precise_bn_below_steps, 'precise_bn_batches': 0}
+    if not wanted:
+        return record
+    model.train()  # a stage-2 model: only its shift-BN layers track statistics, the frozen backbone's stay
+    if not tracking_bn_layers(model):
+        return record
+    seed, rank = cfg.seed, accelerator.process_index
+    # The draw of the epoch after the last: its own stream, repeated exactly by a resumed run.
+    spec.sampler.set_epoch(sc.epochs)
+    torch.manual_seed(_seed_for(seed, spec.index, sc.epochs, rank))
+    loader = DataLoader(view, batch_size=per_process_batch, sampler=spec.sampler, num_workers=cfg.data.num_workers,
+                        generator=worker_generator(seed, sc.epochs, rank), persistent_workers=False)
+
+    def batches():
+        for step, (images, _) in enumerate(loader):
+            if step >= wanted:
+                break
+            images = images.to(accelerator.device, non_blocking=True)
+            if batch_transform is not None:
+                images = batch_transform(images)
+            yield images.contiguous(memory_format=memory_format)
+
+    reduce = (lambda t: accelerator.reduce(t, 'mean')) if accelerator.num_processes > 1 else None
+    record['precise_bn_batches'] = recompute_bn_stats(model, batches(), reduce)
+    logger.info('%s: %d steps, under precise_bn_below_steps %d: BN running statistics re-estimated on %d '
+                'training batches (precise BN)', spec.name, stage_steps, sc.precise_bn_below_steps,
+                record['precise_bn_batches'])
+    return record
 
 
 def _training_view(cfg: TrainConfig, data: TrainData, pretrained_cfg: Dict[str, Any], decode_once: bool):
@@ -665,8 +888,22 @@ def _stage2(accelerator, cfg, data: TrainData, stage1_model: torch.nn.Module, ou
                                 seed=_seed_for(cfg.seed, 2))
     # The reference loop ends a stage-2 epoch after ceil(N / batch) + 1 batches, not n_max * K samples.
     steps = math.ceil(len(data.train_labels) / sc.batch_size) + 1
-    spec = StageSpec('stage2', 2, model, groups, sc, sampler, steps, loss_fn)
+    spec = StageSpec('stage2', 2, model, groups, sc, sampler, steps, loss_fn, origin=_stage1_summary(stage1_model),
+                     start_fix='train stage 1 longer or pass a better stage-1 model (--init)')
     return _train_stage(accelerator, spec, data, cfg, out, resume, choices)
+
+
+def _stage1_summary(stage1_model: torch.nn.Module) -> str:
+    """'the stage-1 model it starts from is bad (...)': what is known of how it was trained and scored."""
+    recorded = getattr(stage1_model, 'mislas_config', None) or {}
+    facts = []
+    epochs = (recorded.get('recipe') or {}).get('epochs')
+    if epochs is not None:
+        facts.append(f'{epochs} epoch{"" if epochs == 1 else "s"} of stage 1')
+    nll = (getattr(stage1_model, 'mislas_metrics', None) or {}).get('nll')
+    if nll is not None:
+        facts.append(f'test NLL {nll:.3g}')
+    return 'the stage-1 model it starts from is bad' + (f' ({", ".join(facts)})' if facts else '')
 
 
 def _stage_meta(cfg: TrainConfig, data: TrainData, stage: int, command: str,
@@ -691,6 +928,7 @@ def _finish_stage(accelerator, model: torch.nn.Module, cfg, data: TrainData, out
     run = {'runtime': choices.to_dict(), 'device': choices.device, 'train_time_s': round(train_time_s, 1),
            'num_processes': accelerator.num_processes, 'torch_version': torch.__version__}
     meta = _stage_meta(cfg, data, stage, command, stage1, run)
+    meta['recipe'].update(getattr(model, 'mislas_precise_bn', None) or {})  # the pass's threshold, and if it ran
     model.mislas_config = meta
     # A model trained here is not the published weights its architecture's default cfg names: it
     # records its own tag (preset and stage) and no hf_hub_id; the zoo build gives zoo folders theirs.
@@ -703,6 +941,7 @@ def _finish_stage(accelerator, model: torch.nn.Module, cfg, data: TrainData, out
                       dataset_name=meta['dataset'])
     report['runtime'] = choices.to_dict()
     report['train_time_s'] = round(train_time_s, 1)
+    model.mislas_metrics = report  # a stage 2 that starts badly quotes its stage-1 model's NLL
     if accelerator.is_main_process:
         save_hub_folder(model, folder, label_names=data.label_names, mislas=meta, metrics=report,
                         card_context={'title': f'{cfg.model.arch}, stage {stage} ({cfg.preset})',
@@ -723,6 +962,11 @@ def run_training(cfg: TrainConfig, *, output_dir: str, stage: str = 'all', init:
                  command: Optional[str] = None, cpu: bool = False) -> Dict[str, Path]:
     """Run the configured stages; return the written Hub folders.
 
+    The run starts from ``cfg.model.init`` (``init`` sets it too): stage 1 fine-tunes its weights, a
+    ``--stage 2`` run takes it as the stage-1 model, and in ``all`` stage 2 starts from ``OUT/stage1``.
+    What the source decides (architecture, preprocessing, the sha256 of its weights) is resolved before
+    any data is read (:func:`mislas_timm.initialization.resolve_start`).
+
     ``mixed_precision`` (None: the config's ``runtime.mixed_precision``, ``auto`` by default) and the
     other ``runtime`` choices are resolved once (see :mod:`mislas_timm.runtime`) and pinned in
     ``OUT/checkpoints/runtime.json``; a resumed run reuses the pinned ones.
@@ -730,13 +974,20 @@ def run_training(cfg: TrainConfig, *, output_dir: str, stage: str = 'all', init:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
+    from .trackers import check_report_to
+    check_report_to(report_to)  # before any work: Accelerate only warns about a missing tracker and logs nowhere
     cfg = parse_config(cfg)
-    _check_arch(cfg.model.arch)
+    if init is not None:  # the keyword form of model.init (train.py --init sets the key)
+        cfg = parse_config({**cfg.to_dict(), 'model': {**cfg.to_dict()['model'], 'init': init}})
     out = Path(output_dir)
+    check_output_dir(out)
     if stage not in ('1', '2', 'all'):
         raise ConfigError(f'--stage must be 1, 2 or all, got {stage!r}')
     stages = ('1', '2') if stage == 'all' else (stage,)
-    _check_init(init, stage, out)
+    _check_init(cfg.model.init, stage, out)
+    # Before any data is read: the source loads, the architecture and preprocessing it gives, its sha256.
+    cfg, _, init_notes = resolve_start(cfg, stage, out)
+    _check_arch(cfg.model.arch)
     taken = [s for s in stages if checkpoint_exists(out / 'checkpoints', f'stage{s}') or _stage_done(out / f'stage{s}')]
     if not resume and taken:
         raise ConfigError(f'{out} already holds stage {taken[0]} of a run; pass --resume to continue it or choose '
@@ -767,11 +1018,15 @@ def run_training(cfg: TrainConfig, *, output_dir: str, stage: str = 'all', init:
     if fresh_resume:
         logger.info('no run in %s to resume: starting a new one', out)
     logger.info('%d process(es), device %s (%s)', accelerator.num_processes, accelerator.device, choices.device)
-    for note in notes:
+    for note in notes + init_notes:
         logger.info(note)
     if report_to:
         accelerator.init_trackers('mislas', config={'preset': cfg.preset})
     data = load_data(cfg, max_train_samples, max_eval_samples)
+    if cfg.model.init:  # config.json's mislas block: the model the run started from, and its exact weights
+        data.meta.update(init=cfg.model.init, init_sha256=cfg.model.init_sha256)
+    if resume:  # before any stage runs (or is reported done): no stage may continue under another recipe
+        check_resume_settings(cfg, data.meta, out, stages)
     logger.info('data: %d training images in %d classes (counts %s), %d validation images, %d test images; '
                 'images: %s', len(data.train_labels), data.num_classes, data.class_counts,
                 len(data.val) if data.val is not None else 0, len(data.test), data.meta.get('image_encoding'))
@@ -795,15 +1050,13 @@ def run_training(cfg: TrainConfig, *, output_dir: str, stage: str = 'all', init:
                           stage1_model.mislas_train_time_s)
         written['stage1'] = out / 'stage1'
     if stage in ('2', 'all'):
-        source = init or str(out / 'stage1')
+        # --stage 2 starts from --init; `all` from the stage 1 it just trained (OUT/stage1), not the source again.
+        source = cfg.model.init if stage == '2' and cfg.model.init else str(out / 'stage1')
         if resume and _stage_done(out / 'stage2'):
             logger.info('stage 2 already complete in %s', out / 'stage2')
         else:
-            if stage1_model is None or init is not None:
-                try:
-                    stage1_model = load_model(source)
-                except HubError as err:
-                    raise ConfigError(f'--init: {err}') from None
+            if stage1_model is None:
+                stage1_model = load_source(source)
             if getattr(stage1_model, 'num_classes', None) != data.num_classes:
                 raise ConfigError(f'--init model {source} has {getattr(stage1_model, "num_classes", "?")} classes but '
                                   f'the data has {data.num_classes}; pass a stage-1 model trained on this data set')
@@ -821,18 +1074,31 @@ def run_training(cfg: TrainConfig, *, output_dir: str, stage: str = 'all', init:
 
 
 def _check_init(init: Optional[str], stage: str, out: Path) -> None:
-    """``--init`` names the stage-1 model of a ``--stage 2`` run; check it before any work."""
-    if init is not None and stage != '2':
-        raise ConfigError(f'--init gives stage 2 its stage-1 model, so it applies with --stage 2 only (this is --stage '
-                          f'{stage}); to start stage 1 from other weights use --set model.trunk_weights=NAME')
-    if init is None:
-        if stage == '2' and not _stage_done(out / 'stage1'):
-            raise ConfigError(f'--stage 2 needs a stage-1 model: pass --init SOURCE (or run stage 1 into {out})')
-        return
+    """A ``--stage 2`` run needs a stage-1 model, ``--init SOURCE`` or ``OUT/stage1``: check before any work.
+    The source itself is checked by :func:`mislas_timm.initialization.resolve_start`."""
+    if init is None and stage == '2' and not _stage_done(out / 'stage1'):
+        raise ConfigError(f'--stage 2 needs a stage-1 model: pass --init SOURCE (or run stage 1 into {out})')
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse, before any work, an ``--output-dir`` that is a file, lies under one, or cannot be written in.
+
+    The nearest existing folder of the path is probed by creating (and removing) a temporary folder in
+    it: permission bits do not tell (root passes them; read-only mounts and ACLs do not show in them)."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # a dangling link: mkdir would fail on it
+            raise ConfigError(f'--output-dir {out}: {existing} is a broken symbolic link; pass another folder')
+        existing = existing.parent
+    if not existing.is_dir():
+        where = 'is a file' if existing == out else f'lies under {existing}, which is a file'
+        raise ConfigError(f'--output-dir {out} {where}, not a folder; pass a folder path (a new one is created)')
     try:
-        resolve_source(init)
-    except HubError as err:
-        raise ConfigError(f'--init: {err}') from None
+        os.rmdir(tempfile.mkdtemp(prefix='.mislas-write-check-', dir=existing))
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ConfigError(f'--output-dir {out}: cannot write in {existing} ({reason}); pass a folder you can write '
+                          'to') from None
 
 
 def _resolve_runtime(cfg: TrainConfig, requested: Dict[str, Any], pinned: Optional[Dict[str, Any]],
@@ -863,6 +1129,12 @@ def _resolve_runtime(cfg: TrainConfig, requested: Dict[str, Any], pinned: Option
         precision = str(wanted['mixed_precision'])
         reason = 'pinned when the run started' if pinned and precision == pinned.get('mixed_precision') \
             and requested.get('mixed_precision', 'auto') == 'auto' else 'given explicitly'
+        problem = precision_problem(precision, use_cpu)
+        if problem and reason == 'given explicitly':
+            raise ConfigError(f'--mixed-precision {precision} (runtime.mixed_precision): {problem}')
+        if problem:
+            raise ConfigError(f'--resume: the run started in {precision} (OUT/checkpoints/runtime.json) on a GPU: '
+                              f'{problem}; resume it on a GPU')
     compile_model = wanted['compile'] is True
     return RuntimeChoices(precision, channels_last, compile_model, False, device_name(use_cpu), reason), notes
 

@@ -1,9 +1,12 @@
 """The model zoo: every published MiSLAS model with its Hub id and its folder in ``model_cards/``.
 
 The names are the timm pretrained tags of :mod:`mislas_timm.models.pretrained_tags` (one table for
-both). Small models ship in the repository (``model_cards/<name>/``, a complete Hub folder) so the
-demo and the tests run offline; :func:`mislas_timm.load_model` uses the folder when it exists and
-the Hub id otherwise. Top-1 and ECE are read from each folder's metrics.json, never typed in.
+both). Small models ship as complete Hub folders: ``model_cards/<name>/`` in the repository (the
+source of truth), copied into the package (``mislas_timm/model_cards/<name>/``) when a wheel is
+built, so ``timm.create_model(name, pretrained=True)``, :func:`mislas_timm.load_model`, the demo and
+the tests load them offline; the Hub id serves the tags not shipped. One function says where a
+tag's folder is (:func:`mislas_timm.models.pretrained_tags.shipped_folder`). Top-1 and ECE are read
+from each folder's metrics.json, never typed in.
 
     python -m mislas_timm.zoo                          # the README table (shipped models)
     python -m mislas_timm.zoo --verify PATH            # re-evaluate every shipped model, compare
@@ -17,20 +20,19 @@ metrics re-measured by the current evaluator, the card and reliability diagram r
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .models.pretrained_tags import HUB_ORG, PRETRAINED_TAGS
+from .models.pretrained_tags import HUB_ORG, PRETRAINED_TAGS, shipped_folder, zoo_dirs
 
 __all__ = ['ZooEntry', 'ZOO', 'ZOO_DIR', 'PAPER', 'names', 'get', 'shipped', 'table', 'markdown_table', 'verify',
            'build', 'public_command', 'public_meta', 'stage1_epochs', 'data_note', 'card_limitations', 'ZooError']
 
-# The repository's model_cards/ (an editable install keeps it beside the package);
-# MISLAS_ZOO_DIR points elsewhere, e.g. a copy next to a wheel install.
-ZOO_DIR = Path(os.environ.get('MISLAS_ZOO_DIR', Path(__file__).resolve().parents[1] / 'model_cards'))
+# Where `build` writes by default: the first place loading looks (zoo_dirs: $MISLAS_ZOO_DIR when set,
+# else the repository's model_cards/ in a checkout, else the package's copy).
+ZOO_DIR = zoo_dirs()[0]
 
 DATASET_ID = 'uoft-cs/cifar10'
 
@@ -123,7 +125,8 @@ class ZooEntry:
 
     @property
     def folder(self) -> Path:
-        return ZOO_DIR / self.name
+        """The shipped folder (where loading finds it), else where ``build`` would write it."""
+        return shipped_folder(self.name) or ZOO_DIR / self.name
 
     @property
     def tag(self) -> str:
@@ -147,8 +150,8 @@ def get(name: str) -> Optional[ZooEntry]:
 
 
 def shipped() -> List[ZooEntry]:
-    """The entries whose folder ships in model_cards/ (the others are tags awaiting their weights)."""
-    return [entry for entry in ZOO if (entry.folder / 'config.json').is_file()]
+    """The entries with a shipped folder (the others are tags awaiting their weights, served by the Hub)."""
+    return [entry for entry in ZOO if shipped_folder(entry.name) is not None]
 
 
 def stage1_epochs(mislas: Dict[str, Any]) -> Optional[int]:
@@ -199,7 +202,7 @@ def verify(dataset: str, tolerance: float = 1e-6) -> List[Dict]:
         saved = entry.metrics()
         if saved is None:
             raise ZooError(f'{entry.folder} has no metrics.json: rebuild it with python -m mislas_timm.zoo build')
-        model = load_model(str(entry.folder))
+        model = load_model(entry.name)
         split = saved.get('split', 'test')
         _check_encoding(model, entry.folder, dataset, split, encodings)
         checked.append((entry, model, saved, split))
@@ -286,8 +289,9 @@ def public_meta(meta: Dict[str, Any], dataset_id: str = DATASET_ID, encoding: Op
         if out['command'] and precision and '--mixed-precision' not in out['command']:
             # auto resolves per machine: the card states what this run used, so a rerun matches it
             out['command'] += f' --mixed-precision {precision}'
-    if isinstance(out.get('source'), str):
-        out['source'] = _public_source(out['source'])
+    for key in ('source', 'init'):  # a local --init path must not end up in a published card
+        if isinstance(out.get(key), str):
+            out[key] = _public_source(out[key])
     if isinstance(out.get('stage1'), dict):
         out['stage1'] = public_meta(out['stage1'], dataset_id)
         out['stage1'].pop('data_note', None)

@@ -1,8 +1,11 @@
 """Helpers that build Hub folders and offline Hugging Face caches for tests."""
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 from pathlib import Path
+from typing import Dict, Optional
 
 import timm
 import torch
@@ -39,3 +42,60 @@ def build_offline_cache(cache: Path, repo_id: str, folder: Path, revision: str =
     (repo_dir / 'refs').mkdir()
     (repo_dir / 'refs' / 'main').write_text(revision)
     return snapshot
+
+
+def closed_port_endpoint() -> str:
+    """An ``HF_ENDPOINT`` nothing listens on: a request there fails only after huggingface_hub's retries
+    (about 20 s), so a load that ends in seconds sent none, and none leaves the machine."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    return f'http://127.0.0.1:{port}'
+
+
+def no_network_env(tmp_path: Path, offline: bool, pythonpath: Optional[str] = None, **extra: str) -> Dict[str, str]:
+    """A subprocess environment with an empty Hugging Face cache, the Hub at a closed port, and
+    ``HF_HUB_OFFLINE`` set or not; ``MISLAS_ZOO_DIR`` only if passed in ``extra``."""
+    env = dict(os.environ, HF_ENDPOINT=closed_port_endpoint(), HF_HUB_CACHE=str(tmp_path / 'empty-hub-cache'),
+               HF_HOME=str(tmp_path / 'hf_home'), OMP_NUM_THREADS='1')
+    for key in ('MISLAS_ZOO_DIR', 'HF_HUB_OFFLINE', 'PYTHONPATH'):
+        env.pop(key, None)
+    if offline:
+        env['HF_HUB_OFFLINE'] = '1'
+    if pythonpath:
+        env['PYTHONPATH'] = pythonpath
+    env.update(extra)
+    return env
+
+
+# Run as `python -c LOAD_EVERY_TAG '{"tag": "reference folder", ...}'`: loads every tag with
+# timm.create_model(tag, pretrained=True) and mislas_timm.load_model(tag), checks their logits equal
+# those of the reference folder loaded through local-dir:, and prints one JSON line: the seconds the
+# loads took, the connections attempted (a tripwire on socket.connect: there must be none), where the
+# package and its zoo folders are.
+LOAD_EVERY_TAG = '''
+import json, socket, sys, time
+attempts = []
+_connect = socket.socket.connect
+def _tripwire(sock, address):
+    if sock.family != socket.AF_UNIX:
+        attempts.append(repr(address))
+    return _connect(sock, address)
+socket.socket.connect = _tripwire
+import torch, timm, mislas_timm
+from mislas_timm.models.pretrained_tags import zoo_dirs
+references = json.loads(sys.argv[1])
+x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+start = time.perf_counter()
+files = {}
+with torch.no_grad():
+    for tag, folder in references.items():
+        expected = timm.create_model("local-dir:" + folder, pretrained=True).eval()(x)
+        tagged = timm.create_model(tag, pretrained=True).eval()
+        assert torch.equal(tagged(x), expected), tag
+        assert torch.equal(mislas_timm.load_model(tag)(x), expected), tag
+        files[tag] = tagged.pretrained_cfg.get("file")
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "attempts": attempts, "files": files, "package": mislas_timm.__file__,
+                  "zoo_dirs": [str(d) for d in zoo_dirs()]}))
+'''

@@ -1,13 +1,16 @@
 """The running demo in a real browser: headless Debian Chromium driven by Playwright."""
 import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from mislas_timm.demo import example_images, input_note, open_image, predict_pair
+from mislas_timm.demo import example_class, example_images, input_note, open_image, predict_pair
 
-from .demo_fixtures import demo_folders, demo_models, running_app, write_png  # noqa: F401  (fixtures)
+from .demo_fixtures import (CUSTOM_NAMES, custom_examples, custom_folders, custom_models, demo_folders,  # noqa: F401
+                            demo_models, running_app, running_custom_app, write_png)
+from .hub_fixtures import CIFAR10_NAMES
 
 CHROMIUM = '/usr/bin/chromium'
 ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
@@ -56,7 +59,9 @@ def test_example_click_predicts_at_once(running_app, demo_models, tmp_path):
 
     mislas, baselines = demo_models
     ship = next(p for p in example_images() if 'ship' in Path(p).name)
-    top_m, _, _, sentence, _ = predict_pair(mislas, baselines['CE baseline'], open_image(ship))
+    truth = example_class(ship, mislas.label_names)
+    top_m, _, _, sentence, _ = predict_pair(mislas, baselines['CE baseline'], open_image(ship), true_class=truth)
+    assert truth == CIFAR10_NAMES.index('ship') and "The example's label is **ship**" in sentence
     with sync_playwright() as p:
         browser = _browser(p)
         page = browser.new_page(viewport={'width': 1280, 'height': 1000})
@@ -105,7 +110,8 @@ def test_narrow_window_upload_and_whole_words(running_app, demo_models, tmp_path
     top_m, _, _, sentence, _ = predict_pair(mislas, baselines['CE baseline'], open_image(str(big)))
     expected_note = input_note([mislas, baselines['CE baseline']], (400, 300))
     car = next(p for p in example_images() if 'automobile' in Path(p).name)
-    car_sentence = predict_pair(mislas, baselines['CE baseline'], open_image(car))[3]
+    car_sentence = predict_pair(mislas, baselines['CE baseline'], open_image(car),
+                                true_class=example_class(car, mislas.label_names))[3]
     assert 'resized from 400x300' in expected_note and car_sentence != sentence  # so the sentence changes
     with sync_playwright() as p:
         browser = _browser(p)
@@ -145,3 +151,52 @@ def test_narrow_window_upload_and_whole_words(running_app, demo_models, tmp_path
     assert fits[0] <= fits[1] + 1, f'the top-5 table overflows its box at 420 px: {fits}'
     assert page_width <= 420
     assert (tmp_path / 'demo_narrow.png').stat().st_size > 10_000
+
+
+@pytest.mark.browser
+def test_fine_tuned_pair_shows_its_own_classes_only(running_custom_app, custom_models, custom_examples, tmp_path):
+    """A user's fine-tuned 5-class pair with --examples: the page names its classes and no CIFAR-10 one."""
+    from playwright.sync_api import sync_playwright
+
+    mislas, baselines = custom_models
+    baseline = baselines['baseline: stage1']
+    paths = example_images(str(custom_examples))
+    index = next(i for i, p in enumerate(paths) if Path(p).parent.name == 'cactus')
+    sentence = predict_pair(mislas, baseline, open_image(paths[index]), true_class=CUSTOM_NAMES.index('cactus'))[3]
+    loose = next(p for p in paths if p.endswith('.jpg'))
+    upload_sentence = predict_pair(mislas, baseline, open_image(loose))[3]
+    cifar_words = re.compile(r'\b(' + '|'.join(CIFAR10_NAMES) + r'|CIFAR)\b', re.IGNORECASE)
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={'width': 1280, 'height': 1000})
+        _open(page, running_custom_app)
+        # An upload (its file name is a class, but an upload's name is no label), then an example click.
+        page.set_input_files('#upload input[type=file]', loose)
+        page.locator('#preview img').wait_for(timeout=30_000)
+        page.get_by_role('button', name='Predict').click()
+        page.locator('#sentence').get_by_text(upload_sentence.replace('**', '')).wait_for(timeout=30_000)
+        uploaded = page.locator('#sentence').inner_text()
+        uploaded_page = page.locator('body').inner_text()
+        thumbnails = page.locator('#examples button img')
+        thumbnails.nth(len(paths) - 1).wait_for(timeout=30_000)
+        assert thumbnails.count() == len(paths)
+        thumbnails.nth(index).click()
+        page.locator('#sentence').get_by_text("The example's label is cactus").wait_for(timeout=30_000)
+        shown = page.locator('#sentence').inner_text()
+        labels = page.locator('#label-mislas').inner_text() + page.locator('#label-baseline').inner_text()
+        table = page.locator('#top5-table').inner_text()
+        classes = page.locator('#classes-note').inner_text()
+        radio = page.locator('input[type=radio]').count()
+        clicked_page = page.locator('body').inner_text()
+        page.screenshot(path=str(tmp_path / 'custom.png'), full_page=True)
+        browser.close()
+    assert shown.strip() == sentence.replace('**', '').strip()
+    assert uploaded.strip() == upload_sentence.replace('**', '').strip() and 'label is' not in uploaded
+    assert classes.strip().startswith('The models know only 5 classes: ' + ', '.join(CUSTOM_NAMES))
+    assert radio == 1  # its own baseline, no zoo model
+    for text in (clicked_page, uploaded_page):
+        assert not cifar_words.search(text), cifar_words.search(text)
+    assert sum(name in labels for name in CUSTOM_NAMES) >= 2  # both labels show classes of its own
+    rows = [line.split('\t')[0].strip() for line in table.strip().splitlines()[1:]]
+    assert len(rows) == 5 and set(rows) == set(CUSTOM_NAMES), table
+    assert (tmp_path / 'custom.png').stat().st_size > 10_000

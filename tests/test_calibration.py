@@ -449,3 +449,39 @@ def test_validation_from_a_list_is_not_rebuilt_from_the_record():
         require_validation_record({'val_source': 'split validation'})
     with pytest.raises(CalibrationError, match='retrain with --set longtail.val_per_class=20'):
         require_validation_record({'val_source': 'held out of the training split'})
+
+
+def test_cli_warns_when_calibrating_on_a_copy_stored_otherwise(trained_folder, noisy_dataset_dir, tmp_path, capsys):
+    """A model trained on original pixels, calibrated on a JPEG copy of its data: one warning line naming
+    both encodings (the training and test splits together), then the run as usual (exit 0)."""
+    import shutil
+
+    import datasets
+
+    from .conftest import encode_image
+
+    model = tmp_path / 'png-trained'
+    shutil.copytree(trained_folder, model)
+    config = json.loads((model / 'config.json').read_text())
+    config['mislas']['image_encoding'] = 'PNG (lossless)'
+    (model / 'config.json').write_text(json.dumps(config))
+    jpeg = tmp_path / 'noisy-jpeg'
+    splits = {}
+    for split, ds in datasets.load_from_disk(str(noisy_dataset_dir)).items():
+        cells = [{'bytes': encode_image(image, 'JPEG', quality=75), 'path': None} for image in ds['img']]
+        splits[split] = datasets.Dataset.from_dict({'img': cells, 'label': ds['label']}, features=ds.features)
+    datasets.DatasetDict(splits).save_to_disk(str(jpeg))
+    capsys.readouterr()  # the save's progress bars
+
+    out = tmp_path / 'calibrated'
+    assert calibrate_main([str(model), '--method', 'temperature', '--dataset', str(jpeg), '--out', str(out),
+                           '--batch-size', '64']) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    assert err[0].startswith(f'calibrate: warning: {model} was trained on images stored as PNG (lossless) but '
+                             f'{jpeg} (train and test splits) holds JPEG quality 75'), err[0]
+    assert (out / 'metrics.json').is_file()
+    # the copy it was trained on: no warning
+    assert calibrate_main([str(model), '--method', 'temperature', '--dataset', str(noisy_dataset_dir), '--out',
+                           str(tmp_path / 'calibrated-png'), '--batch-size', '64']) == 0
+    assert not capsys.readouterr().err.strip()

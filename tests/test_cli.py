@@ -50,3 +50,28 @@ def test_partial_freeze_for_places_style_stage1():
 def test_places_architecture_is_registered():
     model = timm.create_model('resnet152_places', num_classes=365, pretrained=False)
     assert model.get_classifier().out_features == 365 and hasattr(model, 'extra_block')
+
+
+def test_package_entry_point_is_train_py():
+    """python -m mislas_timm.train is train.py (a wheel install and accelerate launch -m have it)."""
+    import os
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    script = subprocess.run([sys.executable, str(ROOT / 'train.py'), '--help'], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120, env=env)
+    module = subprocess.run([sys.executable, '-m', 'mislas_timm.train', '--help'], capture_output=True, text=True,
+                            cwd=ROOT.parent, timeout=120, env=dict(env, PYTHONPATH=str(ROOT)))
+    assert script.returncode == module.returncode == 0, module.stderr
+    assert module.stdout == script.stdout and '--init' in module.stdout and 'finetune' in module.stdout
+
+
+def test_init_flag_sets_model_init_and_takes_the_architecture_from_the_source():
+    sys.path.insert(0, str(ROOT))
+    import train
+    cfg = train.build_config(train.parse_args(['--preset', 'finetune', '--output-dir', 'x', '--init', 'some/run']))
+    assert cfg.model.init == 'some/run' and cfg.model.arch is None and cfg.longtail is None
+    assert cfg.dataset.num_classes is None and cfg.data.input_size is None  # filled in from the source
+    cfg = train.build_config(train.parse_args(['--preset', 'cifar10-lt-if100', '--output-dir', 'x', '--init', 'a/b',
+                                               '--model', 'resnet56_cifar']))
+    assert cfg.model.init == 'a/b' and cfg.model.arch == 'resnet56_cifar'  # --model: that model, from the shared tensors
+    cfg = train.build_config(train.parse_args(['--preset', 'finetune', '--output-dir', 'x', '--model', 'resnet20_cifar']))
+    assert cfg.model.init is None and cfg.model.arch == 'resnet20_cifar'  # the same recipe from scratch

@@ -1,8 +1,8 @@
 import pytest
 
-from mislas_timm.config import ConfigError, TrainConfig, apply_overrides, list_presets, load_preset, parse_config
+from mislas_timm.config import ConfigError, TrainConfig, apply_overrides, list_presets, load_config_file, load_preset, parse_config
 
-PRESETS = ['cifar10-lt-if100', 'cifar10-lt-if50', 'cifar10-lt-if10', 'cifar100-lt-if100', 'cifar100-lt-if50',
+PRESETS = ['finetune', 'cifar10-lt-if100', 'cifar10-lt-if50', 'cifar10-lt-if10', 'cifar100-lt-if100', 'cifar100-lt-if50',
            'cifar100-lt-if10', 'imagenet-lt-r50', 'inat2018-r50', 'places-lt-r152', 'cifar10-lt-if100-cpu']
 
 # DESIGN.md section 2, stage-2 table: (IF, eps_1, eps_K, shift-BN, lr_factor)
@@ -139,3 +139,92 @@ def test_yaml_no_means_the_string_no():
     # YAML 1.1 reads a bare `no` as false; mixed_precision: no must still mean fp32.
     cfg = parse_config(apply_overrides(load_preset('cifar10-lt-if100'), ['runtime.mixed_precision=no']))
     assert cfg.runtime.mixed_precision == 'no'
+
+
+def test_every_invalid_key_is_reported_at_once(tmp_path):
+    from mislas_timm.config import load_config_file
+    path = tmp_path / 'many.yaml'
+    path.write_text('base: cifar10-lt-if100\nlearning_rate: 0.2\nstage1: {lr: abc, epochs: 0}\n'
+                    'stage2: {smoth_head: 0.2, las_shape: wavy}\nlongtail: {imb_factor: 0.01}\n')
+    with pytest.raises(ConfigError) as info:
+        parse_config(load_config_file(str(path)))
+    lines = str(info.value).splitlines()
+    assert lines[0] == '6 problems in the config:' and len(lines) == 7, lines
+    for needle in ('unknown config key learning_rate', "stage1.lr: 'abc'", 'stage1.epochs: 0 is out of range',
+                   "stage2.smoth_head: did you mean 'smooth_head'", 'stage2.las_shape', 'longtail.imb_factor'):
+        assert sum(needle in line for line in lines[1:]) == 1, (needle, lines)
+    assert info.value.problems == [line.strip() for line in lines[1:]]
+    # Rules that span keys are all reported too, once every key on its own is valid.
+    with pytest.raises(ConfigError) as info:
+        parse_config(apply_overrides(load_preset('cifar10-lt-if100'), [
+            'stage1.milestones=[180, 160]', 'stage2.las_shape=exp', 'groups.rank_split=[7, 3]']))
+    assert str(info.value).startswith('3 problems in the config:\n')
+    assert [p.split(':')[0] for p in info.value.problems] == [
+        'config key stage1.milestones', 'config key stage2.las_power', 'config key groups.rank_split']
+
+
+@pytest.mark.parametrize('text,where,what', [
+    ('stage1:\n  lr: 0.1\n epochs: 3\n', 'line 3, column 2', 'expected <block end>'),
+    ('stage1: {lr: 0.1\n', 'line 2, column 1', "expected ',' or '}'"),
+    ('stage1:\n\tlr: 0.1\n', 'line 2, column 1', "found character '\\t'"),
+    ('seed: 1\n  lr: 2\n', 'line 2, column 5', 'mapping values are not allowed here'),
+])
+def test_yaml_syntax_error_is_one_line(tmp_path, text, where, what):
+    from mislas_timm.config import load_config_file
+    path = tmp_path / 'broken.yaml'
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config_file(str(path))
+    message = str(info.value)
+    assert '\n' not in message and '^' not in message
+    assert message.startswith(f'{path} is not valid YAML: {where}: {what}'), message
+
+
+def test_misspelled_preset_suggests_the_closest_name():
+    with pytest.raises(ConfigError) as info:
+        load_preset('cifar10-lt-if1000')
+    message = str(info.value)
+    assert '\n' not in message
+    assert message.index("did you mean 'cifar10-lt-if100'?") < message.index('cifar10-lt-if10,')
+    with pytest.raises(ConfigError) as info:
+        load_preset('resnet')
+    assert 'did you mean' not in str(info.value) and 'cifar10-lt-if100-cpu' in str(info.value)
+
+
+def test_command_line_reports_every_config_problem(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    path = tmp_path / 'many.yaml'
+    path.write_text('base: cifar10-lt-if100\nstage1: {lr: -1, batch_sise: 64}\n')
+    out = tmp_path / 'run'
+    proc = subprocess.run([sys.executable, str(root / 'train.py'), '--config', str(path), '--output-dir', str(out),
+                           '--set', 'stage2.smooth_tail=2'], capture_output=True, text=True, cwd=root, timeout=300,
+                          env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0] == 'train.py: error: 3 problems in the config:', proc.stderr
+    assert len(lines) == 4 and 'Traceback' not in proc.stderr
+    assert 'stage1.batch_sise' in lines[1] and 'stage1.lr' in lines[2] and 'stage2.smooth_tail' in lines[3]
+    assert not out.exists()
+
+
+def test_every_bad_override_is_reported_at_once():
+    cfg = load_preset('cifar10-lt-if100')
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(cfg, ['stage1.nope=1', 'no_equals_sign', 'stage2.lr=[1, 2', 'stage1.epochs=3'])
+    problems = info.value.problems
+    assert len(problems) == 3, problems
+    assert 'stage1.nope' in problems[0] and 'KEY=VALUE' in problems[1]
+    assert 'stage2.lr' in problems[2] and 'line 1' in problems[2] and '\n' not in problems[2]
+    assert str(info.value).startswith('3 problems in the config:')
+
+
+def test_misspelled_base_preset_suggests_the_closest_name(tmp_path):
+    path = tmp_path / 'mine.yaml'
+    path.write_text('base: cifar10-lt-if1000\n')
+    with pytest.raises(ConfigError, match="did you mean 'cifar10-lt-if100'"):
+        load_config_file(str(path))

@@ -70,10 +70,16 @@ def test_offline_hub_cache_under_zoo_repo_id(folder, tmp_path):
         assert torch.equal(a(x), ref.eval()(x)) and torch.equal(b(x), a(x))
         assert b.mislas_config["class_counts"][0] == 5000
         print("OK", a.pretrained_cfg["label_names"][8])
+        try:  # a timm pretrained name that is not in the cache: one line
+            mislas_timm.load_model("resnet18.a1_in1k", allow_timm_names=True)
+        except ValueError as err:
+            print(err)
     ''')
     result = run_offline(code, cache, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == 'OK ship'
+    ok, line = result.stdout.strip().splitlines()
+    assert ok == 'OK ship'
+    assert line.startswith('cannot fetch resnet18.a1_in1k (LocalEntryNotFoundError'), line
 
 
 def test_card_usage_code_runs_as_written(folder, tmp_path):
@@ -145,3 +151,43 @@ def test_bad_sources(folder, tmp_path):
     (unknown / 'model.safetensors').write_bytes(data)
     with pytest.raises(HubError, match='import mislas_timm'):
         load_model(str(unknown))
+
+
+def test_one_resolver_of_model_sources(folder, tmp_path, monkeypatch):
+    """mislas_timm.sources: every kind of source, and one line naming it for every bad one."""
+    from mislas_timm import sources
+    from mislas_timm.sources import SourceError, resolve_source
+
+    assert HubError is SourceError and issubclass(SourceError, ValueError)
+    assert mislas_timm.hub.resolve_source is resolve_source
+    monkeypatch.chdir(tmp_path)
+    tag = 'resnet32_cifar.cifar10_lt_if100_mislas'
+    assert resolve_source(tag) == f'local-dir:{zoo.get(tag).folder}'
+    assert resolve_source(str(folder)) == resolve_source(f'local-dir:{folder}') == f'local-dir:{folder.resolve()}'
+    (tmp_path / 'rel').symlink_to(folder)
+    assert resolve_source('rel') == f'local-dir:{(tmp_path / "rel").resolve()}'
+    assert resolve_source('hf-hub:someone/model') == 'hf-hub:someone/model'
+    # timm pretrained names only where asked for (--init); resolving one fetches nothing
+    assert resolve_source('resnet50.a1_in1k', allow_timm_names=True) == 'resnet50.a1_in1k'
+    assert resolve_source('resnet32_cifar', allow_timm_names=True) == 'resnet32_cifar'  # its default: the zoo's IF100
+    assert sources.source_config('resnet50.a1_in1k') == {}
+    bad = {
+        ('resnet50.a1_in1k', False): "unknown model source 'resnet50.a1_in1k' (it is a timm pretrained name",
+        ('resnet50.no_such_tag', True): "'resnet50.no_such_tag': timm knows the architecture resnet50 but has no "
+                                        'pretrained weights of that name (its pretrained names: resnet50.a1_in1k',
+        ('resnet20_cifar', True): "'resnet20_cifar': timm knows the architecture resnet20_cifar but has no "
+                                  'pretrained weights of that name (it has none)',
+        ('no_such_model.x', True): "unknown model source 'no_such_model.x': not a zoo tag",
+        ('hf-hub:no-slash', False): "'hf-hub:no-slash': write hf-hub:ORG/NAME",
+        (f'local-dir:{tmp_path / "gone"}', False): f'local-dir:{tmp_path / "gone"}: no folder at {tmp_path / "gone"}',
+        ('', False): 'model source must be a non-empty string',
+    }
+    for (source, allow), start in bad.items():
+        with pytest.raises(SourceError) as err:
+            resolve_source(source, allow_timm_names=allow)
+        assert str(err.value).startswith(start) and '\n' not in str(err.value), str(err.value)
+    with pytest.raises(SourceError, match=r"not a timm pretrained name; pass a zoo tag, .* or a timm pretrained"):
+        resolve_source('no_such_model.x', allow_timm_names=True)
+    with pytest.raises(SourceError, match='not a Hub folder'):
+        resolve_source(str(tmp_path))  # a folder, but not a Hub folder
+

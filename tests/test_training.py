@@ -340,6 +340,35 @@ def test_divergence_rule_both_sides():
     assert loss_problem(float('nan'), 10) == 'loss is nan' and loss_problem(float('inf'), 10) == 'loss is inf'
 
 
+def test_divergence_is_judged_against_the_stage_s_own_start():
+    from mislas_timm.training import start_problem, loss_problem
+    # A stage that starts at 8 (3.5 x log 10, e.g. a stage 2 from an overconfident stage-1 model) may pass
+    # 115 on its way down; it has diverged above 50 x its own start.
+    assert loss_problem(200.0, 10, start_loss=8.0) is None
+    assert loss_problem(401.0, 10, start_loss=8.0) == \
+        "loss 401 exceeds 400 (50 x 8, the stage's first loss): training diverged"
+    assert loss_problem(200.0, 10, start_loss=1.0).startswith('loss 200 exceeds 115 (50 x log 10')  # log K floor
+    # A start above 10 x log K is a broken starting model, named before any step (see test_smoke.py).
+    assert start_problem(6.5, 10) is None and start_problem(23.0, 10) is None
+    assert start_problem(103.3, 10) == 'starts at loss 103.3, 45 x log 10 (the loss of a uniform guess)'
+    assert start_problem(float('nan'), 10) == 'starts at loss nan'
+
+
+def test_short_stages_end_with_precise_bn_and_record_it(full_run):
+    """The tiny stage 1 (2 epochs x 6 steps) re-estimated its BN statistics after its last checkpoint:
+    the written model differs from the trained state in those alone, and the recipe says so."""
+    written = load_file(full_run / 'stage1' / 'model.safetensors')
+    trained = load_file(full_run / 'checkpoints' / 'stage1' / 'model.safetensors')
+    assert written.keys() == trained.keys()
+    changed = {k for k in written if not torch.equal(written[k], trained[k])}
+    assert changed and all(k.endswith(('running_mean', 'running_var')) for k in changed)
+    recipe = json.loads((full_run / 'stage1' / 'config.json').read_text())['mislas']['recipe']
+    assert recipe['precise_bn_below_steps'] == 200 and recipe['precise_bn_batches'] == 6
+    assert 'stage1: 12 steps, under precise_bn_below_steps 200' in (full_run / 'train.log').read_text()
+    # Stage 2 (shift-BN on) re-estimated the statistics of its class-balanced stream.
+    assert json.loads((full_run / 'stage2' / 'config.json').read_text())['mislas']['recipe']['precise_bn_batches'] > 0
+
+
 def test_exploding_finite_loss_stops_stage2(full_run, tiny_config_file, tmp_path):
     out = tmp_path / 'diverge'
     err = one_line_error(train('--config', tiny_config_file, '--output-dir', out, '--stage', '2', '--init',
@@ -469,6 +498,9 @@ def test_zoo_verify_refuses_a_copy_encoded_unlike_the_shipped_models(tiny_datase
     (['--stage', '2', '--init', 'no/such/folder'], ['--init', "unknown model source 'no/such/folder'"]),
     (['--stage', '2'], ['--stage 2 needs a stage-1 model', '--init SOURCE']),
     (['--set', 'data.train_transform_kwargs.paddding=8'], ['train_transform_kwargs.paddding', "did you mean 'padding'"]),
+    # fp16 would silently run in fp32 on a CPU while the run records fp16
+    (['--cpu', '--mixed-precision', 'fp16'], ['--mixed-precision fp16', 'needs a GPU', 'use bf16 or no']),
+    (['--cpu', '--set', 'runtime.mixed_precision=fp16'], ['runtime.mixed_precision', 'needs a GPU']),
 ])
 def test_bad_configuration_stops_before_any_work(tiny_config_file, tmp_path, args, needles):
     out = tmp_path / 'bad'
@@ -515,3 +547,84 @@ def test_stage_recipe_keeps_what_a_resume_must_not_change():
     with pytest.raises(ConfigError, match='stage2.epochs is 3 but stage2 was checkpointed with 10'):
         check_same_recipe(older, stage_recipe(parse_config(apply_overrides(raw, ['stage2.epochs=3'])), 'stage2',
                                               meta), 'stage2')
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under ``folder`` with its bytes (train.log aside: a refused start appends its command)."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file() and p.name != 'train.log'}
+
+
+@pytest.fixture
+def other_recipe(tiny_config_file, tmp_path) -> Path:
+    """The tiny recipe with another long-tail view (as the IF50 preset is to IF100) and another stage-2 lr_factor."""
+    path = tmp_path / 'tiny-if5.yaml'
+    path.write_text(tiny_config_file.read_text().replace('imb_factor: 10', 'imb_factor: 5')
+                    .replace('stage2: {', 'stage2: {lr_factor: 0.2, '))
+    return path
+
+
+def test_a_finished_run_resumed_with_other_settings_is_refused(full_run, other_recipe, tiny_config_file, tmp_path):
+    out = tmp_path / 'finished'
+    shutil.copytree(full_run, out)
+    before = snapshot(out)
+    err = one_line_error(train('--config', other_recipe, '--output-dir', out, '--resume', check=False),
+                         'longtail.imb_factor is 5.0 but stage1 was trained with 10.0',
+                         'stage2.lr_factor is 0.2 but stage2 was trained with 0.5', "split_sha256 is '",
+                         'start a new --output-dir')
+    assert err.index('longtail.imb_factor') < err.index('split_sha256') < err.index('stage2.lr_factor')
+    assert snapshot(out) == before  # nothing trained or overwritten
+    # The same settings: the finished run is reported done, as before.
+    train('--config', tiny_config_file, '--output-dir', out, '--resume')
+    assert 'stage 2 already complete' in (out / 'train.log').read_text() and snapshot(out) == before
+
+
+def test_stage2_is_not_trained_on_a_stage1_of_another_recipe(full_run, other_recipe, tiny_config_file, tmp_path):
+    """Stage 1 finished, stage 2 not started: neither `all` nor `--stage 2` may train an IF5 stage 2 on the IF10 stage 1."""
+    out = tmp_path / 'half'
+    shutil.copytree(full_run, out, ignore=lambda folder, names: [n for n in names if n == 'stage2'])
+    assert not (out / 'stage2').exists() and not (out / 'checkpoints' / 'stage2').exists()
+    before = snapshot(out)
+    for stage in ('all', '2'):
+        one_line_error(train('--config', other_recipe, '--output-dir', out, '--resume', '--stage', stage, check=False),
+                       'longtail.imb_factor is 5.0 but stage1 was trained with 10.0')
+        assert snapshot(out) == before and not (out / 'stage2').exists()
+
+
+def test_resume_check_reads_a_finished_stage_without_its_checkpoint(full_run, other_recipe, tiny_config_file,
+                                                                   tmp_path):
+    """Checkpoints deleted to save space: the finished stages' config.json still tells how they were trained."""
+    from mislas_timm.config import ConfigError, load_config_file, parse_config
+    from mislas_timm.training import check_resume_settings
+
+    out = tmp_path / 'no-checkpoints'
+    shutil.copytree(full_run, out, ignore=lambda folder, names: [n for n in names if n == 'checkpoints'])
+    meta = json.loads((full_run / 'stage1' / 'config.json').read_text())['mislas']
+    same = parse_config(load_config_file(str(tiny_config_file)))
+    check_resume_settings(same, meta, out, ('1', '2'))
+    other = parse_config(load_config_file(str(other_recipe)))
+    with pytest.raises(ConfigError) as err:
+        check_resume_settings(other, dict(meta, split_sha256='0' * 64), out, ('1', '2'))
+    message = str(err.value)
+    assert 'longtail.imb_factor is 5.0 but stage1 was trained with 10;' in message
+    assert f"split_sha256 is '000000000000...' but stage1 was trained with '{meta['split_sha256'][:12]}...'" in message
+    assert 'stage2.lr_factor is 0.2 but stage2 was trained with 0.5' in message
+
+
+def test_output_dir_that_cannot_hold_a_run(tiny_config_file, tmp_path):
+    """An existing file, a path under a file, a folder that cannot be written in: one line, exit 2, nothing made."""
+    a_file = tmp_path / 'notes.txt'
+    a_file.write_text('keep me')
+    one_line_error(train('--config', tiny_config_file, '--output-dir', a_file, check=False),
+                   f'--output-dir {a_file} is a file, not a folder', 'pass a folder path')
+    one_line_error(train('--config', tiny_config_file, '--output-dir', a_file / 'run', check=False),
+                   f'lies under {a_file}, which is a file')
+    assert a_file.read_text() == 'keep me'
+    if os.geteuid() == 0:  # root writes through permission bits: take a kernel file system that refuses everyone
+        locked, out = Path('/sys'), Path('/sys/mislas-test-run')
+    else:
+        locked = tmp_path / 'locked'
+        locked.mkdir(mode=0o555)
+        out = locked / 'run'
+    one_line_error(train('--config', tiny_config_file, '--output-dir', out, check=False),
+                   f'--output-dir {out}: cannot write in {locked}', 'pass a folder you can write to')
+    assert not out.exists() and not any(p.name.startswith('.mislas-write-check') for p in locked.iterdir())

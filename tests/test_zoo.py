@@ -5,6 +5,10 @@ Re-evaluating the models on the full CIFAR-10 test split needs data the tests ma
 agreement with train.py's report is tested on tiny data in test_training.py.
 """
 import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +17,11 @@ import mislas_timm
 from mislas_timm import zoo
 from mislas_timm.hub import HUB_FILES, check_card_matches_metrics, prepare_upload
 from mislas_timm.hub.card import card_front_matter
+from mislas_timm.sources import SourceError
 
-from .hub_fixtures import CIFAR10_NAMES
+from .hub_fixtures import CIFAR10_NAMES, LOAD_EVERY_TAG, build_offline_cache, no_network_env
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ENTRIES = zoo.shipped()
 
@@ -39,43 +46,74 @@ def test_zoo_names_are_timm_pretrained_tags():
         assert cfg['hf_hub_id'] == entry.hub_id and cfg['label_names'] == CIFAR10_NAMES
         assert cfg['crop_pct'] == 1.0 and tuple(cfg['mean']) == (0.4914, 0.4822, 0.4465)
         assert tuple(cfg['std']) == (0.2023, 0.1994, 0.2010) and tuple(cfg['input_size']) == (3, 32, 32)
+        # a shipped tag's weights are its folder's file, which timm loads before hf_hub_id
+        shipped = entry in ENTRIES
+        assert cfg.get('file') == (str(entry.folder / 'model.safetensors') if shipped else None), entry.name
+        assert shipped == (entry.folder == ROOT / 'model_cards' / entry.name)  # a checkout reads model_cards/
     # The bare name's default (timm: the first tag with weights) is the IF100 MiSLAS model.
     assert timm.create_model('resnet32_cifar').pretrained_cfg['tag'] == 'cifar10_lt_if100_mislas'
     assert timm.create_model('resnet20_cifar').pretrained_cfg['tag'] == 'untrained'
 
 
-def test_pretrained_tags_load_offline_through_huggingface_hub(tmp_path):
-    """pretrained=True goes through huggingface_hub's real download code, served by an offline cache."""
-    import os
-    import subprocess
-    import sys
-    import textwrap
-    from pathlib import Path
+@pytest.mark.parametrize('offline', [False, True], ids=['HF_HUB_OFFLINE-unset', 'HF_HUB_OFFLINE=1'])
+def test_shipped_tags_load_without_the_network(offline, tmp_path):
+    """timm.create_model(TAG, pretrained=True) and load_model(TAG) read the shipped folder, from any cwd,
+    with an empty Hugging Face cache and the Hub at a closed port: no request, no wait."""
+    references = {e.name: str(e.folder) for e in ENTRIES}
+    env = no_network_env(tmp_path, offline, pythonpath=str(ROOT))
+    result = subprocess.run([sys.executable, '-c', LOAD_EVERY_TAG, json.dumps(references)], capture_output=True,
+                            text=True, env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report['attempts'] == [] and report['seconds'] < 20, report
+    assert report['files'] == {name: str(Path(folder) / 'model.safetensors') for name, folder in references.items()}
+    assert not (tmp_path / 'empty-hub-cache').exists() or not any((tmp_path / 'empty-hub-cache').iterdir())
 
-    from .hub_fixtures import build_offline_cache
+
+def test_tags_not_shipped_come_from_the_hub(tmp_path):
+    """With no shipped copy (MISLAS_ZOO_DIR: an empty folder) a tag loads through huggingface_hub (an
+    offline cache here); a tag neither shipped nor cached fails in one line naming where it looked."""
+    cached = zoo.get('resnet32_cifar.cifar10_lt_if100_mislas')
+    missing = zoo.get('resnet32_cifar.cifar10_lt_if100_ce')
     cache = tmp_path / 'hub'
-    for entry in ENTRIES:
-        build_offline_cache(cache, entry.hub_id, entry.folder)
-    name = 'resnet32_cifar.cifar10_lt_if100_mislas'
+    build_offline_cache(cache, cached.hub_id, cached.folder)
+    empty = tmp_path / 'no-zoo'
+    empty.mkdir()
     code = textwrap.dedent(f'''
         import torch, timm, mislas_timm
+        from mislas_timm import zoo
+        from mislas_timm.sources import resolve_source
+        assert zoo.shipped() == [] and resolve_source("{cached.name}") == "hf-hub:{cached.hub_id}"
         x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-        ref = timm.create_model("local-dir:{zoo.get(name).folder}", pretrained=True).eval()
-        tagged = timm.create_model("{name}", pretrained=True).eval()
+        ref = timm.create_model("local-dir:{cached.folder}", pretrained=True).eval()
+        tagged = timm.create_model("{cached.name}", pretrained=True).eval()
         bare = timm.create_model("resnet32_cifar", pretrained=True).eval()
+        assert "file" not in tagged.pretrained_cfg
         assert torch.equal(tagged(x), ref(x)) and torch.equal(bare(x), ref(x))
-        for entry in {[e.name for e in ENTRIES]!r}:
-            m = timm.create_model(entry, pretrained=True)
-            assert m.pretrained_cfg["hf_hub_id"] == "mislas-timm/" + entry
-        print("OK", tagged.pretrained_cfg["label_names"][8])
+        assert torch.equal(mislas_timm.load_model("{cached.name}")(x), ref(x))
+        try:
+            mislas_timm.load_model("{missing.name}")
+        except ValueError as err:
+            print(err)
     ''')
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / 'hf_home'),
-               PYTHONPATH=str(root))
+    env = no_network_env(tmp_path, offline=True, pythonpath=str(ROOT), HF_HUB_CACHE=str(cache),
+                         MISLAS_ZOO_DIR=str(empty))
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, cwd=tmp_path,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == 'OK ship'
+    [line] = result.stdout.strip().splitlines()
+    assert line.startswith(f'{missing.name}: no shipped copy (looked in {empty}) and hf-hub:{missing.hub_id} '
+                           'cannot be fetched (LocalEntryNotFoundError'), line
+
+
+def test_unknown_tag_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    name = 'resnet32_cifar.cifar10_lt_if7_mislas'
+    with pytest.raises(SourceError) as err:
+        mislas_timm.load_model(name)
+    message = str(err.value)
+    assert '\n' not in message and message.startswith(f"unknown model source '{name}'")
+    assert zoo.ZOO[0].name in message and str(tmp_path / name) in message  # the zoo tags and the folder it looked for
 
 
 @pytest.mark.parametrize('entry', ENTRIES, ids=lambda e: e.name)
@@ -180,3 +218,5 @@ def test_public_command_leaves_no_machine_path():
                           ('hf-hub:mislas-timm/x', 'hf-hub:mislas-timm/x'),
                           ('resnet32_cifar.cifar10_lt_if100_mixup', 'resnet32_cifar.cifar10_lt_if100_mixup')):
         assert zoo.public_meta({'source': source})['source'] == shown
+        assert zoo.public_meta({'init': source})['init'] == shown  # the --init source of a fine-tuned stage 1
+        assert zoo.public_meta({'stage1': {'init': source}})['stage1']['init'] == shown

@@ -9,13 +9,17 @@ The JPEG quality is recovered from the first quantisation table: libjpeg scales 
 luminance table ``L`` by ``S = 5000 / Q`` (Q < 50) or ``S = 200 - 2 Q`` (Q >= 50) as
 ``max(1, min(255, floor((L * S + 50) / 100)))``; the Q whose scaled table equals the stored one is
 the quality. Chroma subsampling comes from the frame's sampling factors (luma h x v per chroma sample).
+
+:func:`encoding_mismatch` is the one comparison of a model's recorded encoding with a data set's:
+the evaluator and ``calibrate`` warn with its line (:class:`EncodingMismatchWarning`), the zoo refuses.
 """
 from __future__ import annotations
 
 import io
-from typing import Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
-__all__ = ['jpeg_quality', 'chroma_subsampling', 'describe_image_bytes', 'image_encoding']
+__all__ = ['jpeg_quality', 'chroma_subsampling', 'describe_image_bytes', 'image_encoding', 'recorded_encoding',
+           'encoding_mismatch', 'EncodingMismatchWarning']
 
 # The first two rows of libjpeg's standard luminance quantisation table (ITU-T T.81 Annex K, Table
 # K.1), in natural (row-major) order as Pillow reports ``quantization``; enough to tell qualities apart.
@@ -96,3 +100,40 @@ def image_encoding(ds, column: str, rows: int = 20) -> str:
         if described not in seen:
             seen.append(described)
     return ' / '.join(seen) if seen else 'unknown'
+
+
+
+class EncodingMismatchWarning(UserWarning):
+    """A model measured on images stored unlike the ones it trained on (the message names both)."""
+
+
+# What image_encoding says when a column's bytes tell nothing about the pixels' history.
+_UNKNOWN = ('unknown', 'decoded arrays (no file encoding)')
+
+
+def recorded_encoding(model: Any) -> Optional[str]:
+    """The encoding a model's training images had, as its run recorded it (``mislas.image_encoding`` of
+    config.json, on the model as ``mislas_config``); ``model`` may also be that ``mislas`` mapping."""
+    record = model if isinstance(model, Mapping) else (getattr(model, 'mislas_config', None) or {})
+    value = record.get('image_encoding')
+    return str(value) if value else None
+
+
+def _pixel_exact(encoding: str) -> bool:
+    return all('(lossless)' in part for part in encoding.split(' / '))
+
+
+def encoding_mismatch(model: Any, found: Optional[str], model_name: Any, data_name: Any) -> Optional[str]:
+    """One line when ``model`` (a model, or its ``mislas`` record) trained on images stored unlike
+    ``found`` (the :func:`image_encoding` of the data it is about to be measured on), else None.
+
+    ``model_name`` / ``data_name`` name both in the line. Two lossless encodings (PNG, BMP, ...) hold
+    the same pixels and agree; nothing is said when the model recorded no encoding or the data's bytes
+    cannot tell (decoded arrays). A model measured on a lossy copy of its data set loses points to the
+    compression (the CIFAR-10 zoo on the JPEG copy, see BENCHMARKS.md), so such numbers are not its own."""
+    trained_on = recorded_encoding(model)
+    if not trained_on or not found or trained_on == found or found in _UNKNOWN or trained_on in _UNKNOWN:
+        return None
+    if _pixel_exact(trained_on) and _pixel_exact(found):
+        return None
+    return f'{model_name} was trained on images stored as {trained_on} but {data_name} holds {found}'

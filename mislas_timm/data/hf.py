@@ -1,7 +1,10 @@
 """Hugging Face ``datasets`` adapters: loading any source, picking columns, torch views, transforms.
 
-Sources: a Hub id (``uoft-cs/cifar10``), a local folder of parquet files, a ``save_to_disk``
-folder, an image folder (``class_name/image.png``), or a split list of image paths and labels
+Sources: a Hub id (``uoft-cs/cifar10``), a local folder of parquet files (the Hub's, or written by
+pandas / pyarrow without Hugging Face metadata: image bytes as a ``{bytes, path}`` struct or plain
+binary, labels as ClassLabel, int or class-name strings), a ``save_to_disk`` folder, an image folder
+(``train/<class>/*.png`` with optional ``test/<class>/...``, or ``<class>/*.png`` as a training split
+only; class names are the training split's folder names), or a split list of image paths and labels
 (ImageNet-LT / iNaturalist / Places-LT ``*.txt`` files: ``relative/path.jpg label`` per line).
 """
 from __future__ import annotations
@@ -19,7 +22,8 @@ __all__ = [
     'DataError', 'load_split', 'dataset_from_split_list', 'resolve_columns', 'label_names',
     'labels_of', 'ImageClassificationView', 'TRAIN_TRANSFORMS', 'build_train_transform',
     'build_eval_transform', 'to_model_mode', 'check_parquet_files', 'check_arrow_files', 'image_error',
-    'find_undecodable_row', 'source_row', 'DECODE_ERRORS',
+    'find_undecodable_row', 'source_row', 'DECODE_ERRORS', 'SplitNotFound', 'as_image_column', 'encode_labels',
+    'is_single_split',
 ]
 
 IMAGE_COLUMNS = ('img', 'image', 'pixel_values', 'jpg', 'png')
@@ -47,6 +51,18 @@ def _original_message(wrapped: str) -> str:
         if sep and not head.startswith(' '):
             return tail.strip()
     return wrapped.strip().splitlines()[-1]
+
+
+class SplitNotFound(DataError):
+    """The data set has no split of the asked name (``available``: the splits it has, when known).
+
+    Its own class so that a missing *test* split can be answered with a held-out one
+    (``dataset.test_fraction``) while any other failure to read the split stays an error."""
+
+    def __init__(self, source: str, split: str, available: Optional[Sequence[str]] = None, detail: str = ''):
+        has = f' (has {sorted(available)})' if available is not None else (f': {detail}' if detail else '')
+        super().__init__(f'split {split!r} not found in {source}{has}; pass --split / the preset\'s split names')
+        self.source, self.split, self.available = source, split, list(available) if available is not None else None
 
 
 def _one_line(err: BaseException, limit: int = 200) -> str:
@@ -144,8 +160,120 @@ def _is_save_to_disk(path: Path) -> bool:
     return (path / 'dataset_dict.json').exists() or (path / 'state.json').exists()
 
 
+def is_single_split(source: str) -> bool:
+    """Whether ``source`` is a ``save_to_disk`` folder of one ``Dataset`` (not a ``DatasetDict``).
+
+    :func:`load_split` returns such a folder for any split name (the evaluator reads a saved test
+    set that way); training treats it as a training split without a test split instead, so that
+    it never tests on the images it trains on."""
+    path = Path(os.path.expanduser(source))
+    return path.is_dir() and (path / 'state.json').exists() and not (path / 'dataset_dict.json').exists()
+
+
+# Image files an image folder may hold (what PIL opens; compared lower-case).
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pbm')
+# Files the ``datasets`` packaged builders read, besides images (a folder with these goes to ``datasets``).
+_TABLE_SUFFIXES = ('.parquet', '.arrow', '.csv', '.json', '.jsonl', '.tar')
+# The names a split folder of an image folder may have (``datasets``' own list, plus ``val``).
+_SPLIT_FOLDERS = ('train', 'training', 'test', 'testing', 'eval', 'evaluation', 'validation', 'valid', 'val', 'dev')
+_FOLDER_HOLDS = ('parquet files (e.g. data/train-00000-of-00001.parquet and data/test-...), a save_to_disk folder, '
+                 'or images in one folder per class (train/<class>/*.png, optionally test/<class>/*.png)')
+
+
+def _visible(path: Path, root: Path) -> bool:
+    """Not hidden and not a cache / metadata folder (``datasets`` skips both)."""
+    return not any(part.startswith(('.', '__')) for part in path.relative_to(root).parts)
+
+
+def _files(folder: Path) -> List[Path]:
+    """Every visible file under ``folder``, sorted."""
+    out = []
+    for top, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(('.', '__')))
+        out.extend(Path(top) / n for n in names if not n.startswith(('.', '__')))
+    return sorted(out)
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _folder_kind(folder: Path) -> str:
+    """'table' (data files for ``datasets``), 'images' (an image folder read here) or a DataError for a
+    folder with no data at all. An image folder with a ``metadata.*`` file is ``datasets``' format."""
+    files = _files(folder)
+    suffixes = {f.suffix.lower() for f in files}
+    if suffixes & {'.parquet', '.arrow'} or any(f.stem == 'metadata' and not _is_image(f) for f in files):
+        return 'table'
+    if any(_is_image(f) for f in files):
+        return 'images'
+    if suffixes & set(_TABLE_SUFFIXES):
+        return 'table'
+    if not files:
+        raise DataError(f'data set folder {folder} is empty: it should hold {_FOLDER_HOLDS}')
+    names = ', '.join(str(f.relative_to(folder)) for f in files[:3]) + (', ...' if len(files) > 3 else '')
+    raise DataError(f'data set folder {folder} has no data files (only {names}): it should hold {_FOLDER_HOLDS}')
+
+
+def _class_folders(folder: Path) -> List[Path]:
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(('.', '__')))
+
+
+def _image_folder_split(root: Path, split: str, source: str):
+    """One split of an image folder as a ``datasets.Dataset`` (columns ``image``: the file, ``label``).
+
+    Layouts: ``root/<split>/<class>/...`` when ``root`` has split folders (``train/``, ``test/``,
+    ...), else ``root/<class>/...`` as the training split only. The class names of every split are
+    the training split's folder names, sorted (``datasets``' image folder builder would take the
+    union of all splits' folders, so a class only the test split has, or an empty training folder,
+    would become a class with no training images)."""
+    import datasets
+
+    top = _class_folders(root)
+    split_folders = [d for d in top if d.name.lower() in _SPLIT_FOLDERS]
+    if split_folders:
+        available = [d.name for d in split_folders]
+        if split not in available:
+            raise SplitNotFound(source, split, available)
+        folder, train_folder = root / split, root / 'train'
+    else:
+        if split != 'train':
+            raise SplitNotFound(source, split, ['train'])
+        folder = train_folder = root
+    if not train_folder.is_dir():
+        raise DataError(f'image folder {root} has no train/ folder (it has {[d.name for d in split_folders]}): '
+                        'put the training images in train/<class>/*.png')
+    names = [d.name for d in _class_folders(train_folder)]
+    loose = [f for f in folder.iterdir() if f.is_file() and _is_image(f)]
+    if loose or not names:
+        example = f' (e.g. {loose[0].name})' if loose else ''
+        raise DataError(f'image folder {folder} holds its images directly{example}, not in class folders: put each '
+                        f'class\'s images in their own folder, {folder}/<class>/*.png (the folder name is the class)')
+    index = {name: i for i, name in enumerate(names)}
+    paths: List[str] = []
+    labels: List[int] = []
+    for class_folder in _class_folders(folder):
+        if class_folder.name not in index:
+            raise DataError(f'image folder {class_folder}: class {class_folder.name!r} has no folder in {train_folder} '
+                            f'(its classes: {", ".join(names[:10])}{", ..." if len(names) > 10 else ""}): add '
+                            'training images of it or remove the folder')
+        files = [f for f in _files(class_folder) if _is_image(f)]
+        if not files and folder == train_folder:
+            raise DataError(f'image folder {class_folder} has no images: class {class_folder.name!r} needs training '
+                            'images (*.png, *.jpg, ...): add some or remove the folder')
+        paths.extend(str(f) for f in files)
+        labels.extend([index[class_folder.name]] * len(files))
+    features = datasets.Features({'image': datasets.Image(), 'label': datasets.ClassLabel(names=names)})
+    ds = datasets.Dataset.from_dict({'image': paths, 'label': labels}, features=features, split=split)
+    return ds
+
+
 def load_split(source: str, split: str):
-    """One split of a data set as a ``datasets.Dataset``; see the module docstring for sources."""
+    """One split of a data set as a ``datasets.Dataset``; see the module docstring for sources.
+
+    Image bytes stored without Hugging Face metadata (pandas / pyarrow parquet) come back as an
+    ``Image`` column; labels are left as stored (:func:`encode_labels` maps class names).
+    A split the data set does not have raises :class:`SplitNotFound`."""
     import datasets
 
     path = Path(os.path.expanduser(source))
@@ -164,16 +292,18 @@ def load_split(source: str, split: str):
                                 '(save_to_disk) or download the data set again') from None
             if isinstance(loaded, datasets.DatasetDict):
                 if split not in loaded:
-                    raise DataError(f'split {split!r} not in {source} (has {sorted(loaded)}); pass --split / the preset\'s split names')
-                return loaded[split]
-            return loaded
+                    raise SplitNotFound(source, split, list(loaded))
+                return _with_image_columns(loaded[split])
+            return _with_image_columns(loaded)
         if path.exists():
             if not path.is_dir():
                 raise DataError(f'{source} is a file; pass a data set folder (parquet files, save_to_disk or image folder) or a Hub id')
+            if _folder_kind(path) == 'images':
+                return _image_folder_split(path, split, source)
             check_parquet_files(path)
             try:
                 with _Quiet():
-                    return datasets.load_dataset(str(path), split=split)
+                    return _with_image_columns(datasets.load_dataset(str(path), split=split))
             except Exception as err:  # noqa: BLE001 - a bad file surfaces as DatasetGenerationError, ArrowInvalid, ...
                 if isinstance(err, DataError) or not _is_file_damage(err):
                     raise
@@ -183,11 +313,13 @@ def load_split(source: str, split: str):
                                 'again)') from None
         if source.count('/') > 1 or source.startswith(('.', '/', '~')):
             raise DataError(f'data set folder {source} does not exist; check the path')
-        return datasets.load_dataset(source, split=split)
+        return _with_image_columns(datasets.load_dataset(source, split=split))
     except DataError:
         raise
     except ValueError as err:
-        if 'split' in str(err).lower() or 'Unknown split' in str(err):
+        if 'Unknown split' in str(err) or 'Bad split' in str(err):
+            raise SplitNotFound(source, split, detail=_one_line(err, 150)) from None
+        if 'split' in str(err).lower():
             raise DataError(f'split {split!r} not found in {source}: {err}') from None
         raise
     except Exception as err:  # noqa: BLE001 - datasets raises many types for an unreachable Hub
@@ -272,15 +404,114 @@ def resolve_columns(ds, image_column: Optional[str] = None, label_column: Option
             pick(label_column, LABEL_COLUMNS, 'label', '--label-column'))
 
 
+def _is_image_bytes(feature) -> bool:
+    """Whether a column's feature is image file bytes stored without Hugging Face metadata: a
+    ``{bytes, path}`` struct (how ``datasets`` stores images, and what pandas writes for a column of
+    such dicts) or plain binary."""
+    import datasets
+
+    if isinstance(feature, dict):
+        return set(feature) == {'bytes', 'path'} and getattr(feature['bytes'], 'dtype', None) in ('binary', 'large_binary')
+    return isinstance(feature, datasets.Value) and feature.dtype in ('binary', 'large_binary')
+
+
+def as_image_column(ds, image_column: str):
+    """``ds`` with ``image_column`` as an ``Image`` column when it holds image bytes without Hugging
+    Face metadata (see :func:`_is_image_bytes`); else ``ds`` itself."""
+    import datasets
+
+    if _is_image_bytes(ds.features.get(image_column)):
+        return ds.cast_column(image_column, datasets.Image())
+    return ds
+
+
+def _with_image_columns(ds):
+    """``ds`` with every ``{bytes, path}`` struct column and every binary column of a known image
+    column name as an ``Image`` column (what pandas / pyarrow parquet files hold)."""
+    for name, feature in ds.features.items():
+        if _is_image_bytes(feature) and (isinstance(feature, dict) or name in IMAGE_COLUMNS):
+            ds = as_image_column(ds, name)
+    return ds
+
+
+def _is_string(feature) -> bool:
+    import datasets
+
+    return isinstance(feature, datasets.Value) and feature.dtype in ('string', 'large_string')
+
+
 def label_names(ds, label_column: str) -> Optional[List[str]]:
-    """Class names from a ``ClassLabel`` column, else None."""
+    """Class names: a ``ClassLabel`` column's names, the sorted unique strings of a column of class
+    names (parquet written by pandas / pyarrow), else None (integer class indices)."""
     feature = ds.features.get(label_column)
     names = getattr(feature, 'names', None)
-    return list(names) if names else None
+    if names:
+        return list(names)
+    if _is_string(feature):
+        values = ds.unique(label_column)
+        if None in values:
+            row = list(ds[label_column]).index(None)
+            raise DataError(f'row {row} of column {label_column!r} has no label: give it one or remove the row')
+        return sorted(values)
+    return None
+
+
+def encode_labels(ds, label_column: str, names: Sequence[str], where: str):
+    """``ds`` with its label column as class indices into ``names`` (a ``ClassLabel`` column).
+
+    A column of class-name strings, or a ``ClassLabel`` column with other names, is mapped by name;
+    a name not in ``names`` is a DataError naming it and ``where`` (e.g. "the test split of D").
+    Integer labels are returned as they are (the caller checks their range); so is a ``ClassLabel``
+    column with exactly these names."""
+    import datasets
+
+    feature = ds.features.get(label_column)
+    own = getattr(feature, 'names', None)
+    if own is not None:
+        if list(own) == list(names):
+            return ds
+        values = [own[v] if v is not None and 0 <= v < len(own) else None for v in ds[label_column]]
+    elif _is_string(feature):
+        values = list(ds[label_column])
+    else:
+        return ds
+    index = {name: i for i, name in enumerate(names)}
+    if None in values:
+        raise DataError(f'row {values.index(None)} of column {label_column!r} ({where}) has no label: give it one or '
+                        'remove the row')
+    unknown = sorted({v for v in values if v not in index})
+    if unknown:
+        more = f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''
+        shown = ', '.join(repr(n) for n in list(names)[:10]) + (', ...' if len(names) > 10 else '')
+        raise DataError(f'{where} has label {unknown[0]!r}{more}, which the training split does not have (its classes: '
+                        f'{shown}): fix the label or remove those rows')
+    codes = [index[v] for v in values]
+    return ds.remove_columns([label_column]).add_column(label_column, codes,
+                                                        feature=datasets.ClassLabel(names=list(names)))
 
 
 def labels_of(ds, label_column: str) -> List[int]:
-    return [int(v) for v in ds[label_column]]
+    """The class index of every row; one line for labels that are no class indices.
+
+    Class-name strings are refused, digits included: ``int('10')`` would disagree with the class
+    order :func:`label_names` gives them (sorted strings: '10' before '2')."""
+    values = ds[label_column]
+    if _is_string(ds.features.get(label_column)):
+        first = next((v for v in values if v is not None), None)
+        raise DataError(f'column {label_column!r} holds class names (e.g. {first!r}), not class indices: map them '
+                        'with mislas_timm.data.hf.encode_labels and the model\'s label_names (train.py does this '
+                        'itself)')
+    try:
+        return [int(v) for v in values]
+    except (TypeError, ValueError):
+        pass
+    for row, value in enumerate(values):
+        try:
+            int(value)
+        except (TypeError, ValueError):
+            raise DataError(f'row {row} of column {label_column!r} has label {value!r}, not a class index: fix it '
+                            'or remove the row') from None
+    return [int(v) for v in values]
 
 
 def to_model_mode(image: Image.Image, in_chans: int = 3) -> Image.Image:

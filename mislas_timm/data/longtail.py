@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 __all__ = ['LONGTAIL_PROFILES', 'longtail_counts', 'longtail_indices', 'validation_split', 'longtail_view',
-           'split_sha256', 'class_counts']
+           'split_sha256', 'class_counts', 'stratified_holdout']
 
 LONGTAIL_PROFILES = ('exp', 'step')
 
@@ -77,7 +77,7 @@ def longtail_indices(labels: Sequence[int], counts: Sequence[int], data_seed: in
 
 
 def validation_split(labels: Sequence[int], kept: Sequence[int], val_per_class: int,
-                     data_seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+                     data_seed: int = 0, cap: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     """Split a long-tail view into (training indices, validation indices), never touching the test split.
 
     Class c's ``val_per_class`` validation images are drawn (seeded by ``data_seed``) from the
@@ -88,6 +88,10 @@ def validation_split(labels: Sequence[int], kept: Sequence[int], val_per_class: 
 
     ``kept`` keeps its order (minus the images moved to validation); the validation indices are
     sorted. The draw uses its own random stream, so the kept view itself stays the reference's.
+
+    ``cap`` (data used as it is, no long-tail view): a class short of images gives all but one
+    of them instead of raising, so every class keeps a training image; the draws of the classes
+    that are not short are the same as without ``cap``.
     """
     labels = np.asarray(labels, dtype=np.int64)
     kept = np.asarray(kept, dtype=np.int64)
@@ -108,6 +112,10 @@ def validation_split(labels: Sequence[int], kept: Sequence[int], val_per_class: 
         short = int(val_per_class) - take
         if short:
             own = kept[labels[kept] == c]
+            if cap:
+                short = min(short, max(len(own) - 1, 0))
+                if not short:
+                    continue
             if short >= len(own):
                 raise ValueError(f'class {c} has {len(own) + take} images for training and validation together; '
                                  f'{val_per_class} for validation would leave none to train on: lower val_per_class')
@@ -124,18 +132,44 @@ def longtail_view(labels: Sequence[int], num_classes: int, imb_factor: Optional[
     """(training indices, validation indices) of a balanced training split: the long-tail view
     (:func:`longtail_counts` with n_max = the largest class unless given, then
     :func:`longtail_indices`) and its held-out validation images (:func:`validation_split`).
-    ``imb_factor`` None keeps the whole split. The one place both ``train.py`` and the post-hoc
-    calibration CLI build the view, so a model's recorded checksums can be reproduced."""
+    ``imb_factor`` None keeps the whole split, and then a class short of images gives all but one
+    to validation (``validation_split(cap=True)``: ``dataset.val_per_class``). The one place both
+    ``train.py`` and the post-hoc calibration CLI build the view, so a model's recorded checksums
+    can be reproduced."""
     labels = np.asarray(labels, dtype=np.int64)
     if imb_factor:
         n_max = n_max or max(class_counts(labels, num_classes))
         kept = longtail_indices(labels, longtail_counts(int(n_max), num_classes, imb_factor, profile), data_seed)
     else:
         kept = np.arange(len(labels))
-    return validation_split(labels, kept, int(val_per_class or 0), data_seed)
+    return validation_split(labels, kept, int(val_per_class or 0), data_seed, cap=not imb_factor)
 
 
 def split_sha256(indices: Sequence[int]) -> str:
     """Checksum of a subset: sha256 of the sorted indices written as ASCII decimals joined by ','."""
     text = ','.join(str(int(i)) for i in sorted(int(i) for i in indices))
     return hashlib.sha256(text.encode('ascii')).hexdigest()
+
+
+def stratified_holdout(labels: Sequence[int], num_classes: int, fraction: float,
+                       seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """(kept indices, held-out indices), both sorted: ``round(fraction * n_c)`` random images of
+    each class c held out (at least one, at most all but one, so that every class with two or more
+    images is both held out and kept). The test split of a data set that has none.
+
+    Seeded by ``seed`` on its own random stream, apart from the long-tail view's and the validation
+    split's, so the held-out images do not change with the training seed or the view.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if not 0 < fraction < 1:
+        raise ValueError(f'the held-out fraction must lie in (0, 1), got {fraction!r}')
+    rng = np.random.RandomState([int(seed), 2])
+    held: List[np.ndarray] = []
+    for c in range(int(num_classes)):
+        idx = np.where(labels == c)[0]
+        take = min(max(1, int(np.floor(fraction * len(idx) + 0.5))), len(idx) - 1)
+        if take > 0:
+            held.append(rng.choice(idx, take, replace=False))
+    out = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+    keep = np.setdiff1d(np.arange(len(labels)), out)
+    return keep, out

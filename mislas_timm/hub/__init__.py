@@ -3,7 +3,8 @@
 A Hub folder (what a training stage writes, what the zoo ships, what push uploads) holds
 ``README.md`` (model card), ``config.json`` (timm's, plus a ``mislas`` block), ``model.safetensors``,
 ``metrics.json`` and ``reliability.png``. Weights and config are written by timm's ``save_for_hf``;
-loading goes through ``timm.create_model('local-dir:...' | 'hf-hub:...', pretrained=True)``.
+loading resolves the source with :mod:`mislas_timm.sources` (the one resolver, below this module and the
+zoo) and goes through ``timm.create_model('local-dir:...' | 'hf-hub:...', pretrained=True)``.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from typing import Any, Dict, Optional, Union
 import torch
 
 from ..plots import reliability_diagram_png
+from ..sources import (SourceError, check_architecture, check_hub_folder, read_hub_config, resolve_source,
+                       source_config, unreachable_message)
 from .card import CardError, check_card_matches_metrics, render_card
 
 __all__ = [
@@ -27,8 +30,9 @@ __all__ = [
 HUB_FILES = ('README.md', 'config.json', 'model.safetensors', 'metrics.json', 'reliability.png')
 
 
-class HubError(ValueError):
-    """A model-source or Hub-folder problem with a one-line message that names the fix."""
+# One error class for model sources and Hub folders: the resolver (mislas_timm.sources) raises it,
+# callers that catch HubError keep working.
+HubError = SourceError
 
 
 def write_json_atomic(path: Union[str, Path], data: Any) -> None:
@@ -88,114 +92,19 @@ def save_hub_folder(
     return folder
 
 
-def read_hub_config(folder: Union[str, Path]) -> Dict[str, Any]:
-    path = Path(folder) / 'config.json'
-    if not path.is_file():
-        raise HubError(f'{folder} has no config.json: not a Hub folder (save one with mislas_timm.hub.save_hub_folder)')
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise HubError(f'{path} is not valid JSON ({err}); re-save the folder') from None
-
-
-def _check_architecture(arch: Optional[str], where: str) -> None:
-    import timm
-
-    from .. import models  # noqa: F401  registers the *_cifar family
-
-    if not arch:
-        raise HubError(f'{where}: config.json names no architecture; re-save the folder with save_hub_folder')
-    if not timm.is_model(arch):
-        raise HubError(f'{where}: architecture {arch!r} is not registered with timm: import the module that '
-                       'defines it first (for the MiSLAS CIFAR ResNets: import mislas_timm)')
-
-
-def check_hub_folder(folder: Union[str, Path]) -> Dict[str, Any]:
-    """Validate a Hub folder (config, registered architecture, complete safetensors); return its config."""
-    from safetensors import safe_open
-
-    folder = Path(folder)
-    config = read_hub_config(folder)
-    _check_architecture(config.get('architecture'), str(folder))
-    weights = folder / 'model.safetensors'
-    if not weights.is_file():
-        raise HubError(f'{folder} has no model.safetensors; copy the weights into the folder or re-save it')
-    try:
-        with safe_open(str(weights), framework='pt') as f:
-            for key in f.keys():
-                f.get_slice(key)
-        expected = _safetensors_size(weights)
-    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
-        raise HubError(f'{weights} is unreadable or truncated ({err}); re-download or re-save it') from None
-    if weights.stat().st_size < expected:
-        raise HubError(f'{weights} is truncated ({weights.stat().st_size} of {expected} bytes); re-download or re-save it')
-    return config
-
-
-def _safetensors_size(path: Path) -> int:
-    """The byte size a safetensors file must have according to its own header."""
-    with open(path, 'rb') as f:
-        header_len = int.from_bytes(f.read(8), 'little')
-        header = json.loads(f.read(header_len))
-    end = max((v['data_offsets'][1] for k, v in header.items() if k != '__metadata__'), default=0)
-    return 8 + header_len + end
-
-
-def resolve_source(source: str) -> str:
-    """Any model source (zoo name, folder path, ``local-dir:PATH``, ``hf-hub:ORG/NAME``) as a timm name."""
-    from .. import zoo
-
-    if not isinstance(source, str) or not source:
-        raise HubError('model source must be a non-empty string: a zoo name, a folder, local-dir:PATH or hf-hub:ORG/NAME')
-    if source.startswith('hf-hub:'):
-        if source.count('/') < 1:
-            raise HubError(f'{source!r}: write hf-hub:ORG/NAME')
-        return source
-    if source.startswith('local-dir:'):
-        folder = Path(source[len('local-dir:'):]).expanduser()
-        check_hub_folder(folder)
-        return f'local-dir:{folder.resolve()}'
-    entry = zoo.get(source)
-    if entry is not None:
-        if entry.folder.is_dir():
-            check_hub_folder(entry.folder)
-            return f'local-dir:{entry.folder}'
-        return f'hf-hub:{entry.hub_id}'
-    path = Path(source).expanduser()
-    if path.is_dir():
-        check_hub_folder(path)
-        return f'local-dir:{path.resolve()}'
-    raise HubError(f'unknown model source {source!r}: not a zoo name ({", ".join(zoo.names())}), not an existing '
-                   'folder; write local-dir:PATH or hf-hub:ORG/NAME')
-
-
-def _hub_config(name: str) -> Dict[str, Any]:
-    """config.json of a resolved source (downloaded through huggingface_hub's cache for hf-hub:)."""
-    if name.startswith('local-dir:'):
-        return read_hub_config(name[len('local-dir:'):])
-    from huggingface_hub import hf_hub_download
-
-    path = hf_hub_download(name[len('hf-hub:'):], 'config.json', library_name='timm')
-    return json.loads(Path(path).read_text())
-
-
-def load_model(source: str, **kwargs) -> torch.nn.Module:
-    """Load a MiSLAS (or any timm) model from any model source, in eval mode.
+def load_model(source: str, *, allow_timm_names: bool = False, **kwargs) -> torch.nn.Module:
+    """Load a MiSLAS (or any timm) model from any model source (:func:`mislas_timm.sources.resolve_source`),
+    in eval mode; ``kwargs`` go to ``timm.create_model``.
 
     The model carries ``pretrained_cfg`` (input size, mean, std, crop_pct, label_names) and
     ``mislas_config`` (class counts, rank split, ... of the run; ``{}`` if the folder has none).
     """
     import timm
 
-    name = resolve_source(source)
-    try:
-        config = _hub_config(name)
-    except HubError:
-        raise
-    except Exception as err:  # noqa: BLE001 - network / cache errors from huggingface_hub
-        raise HubError(f'cannot fetch {name}: {type(err).__name__}: {err}. Offline? Pass a local folder '
-                       '(local-dir:PATH) or fill the Hugging Face cache first') from None
-    _check_architecture(config.get('architecture'), source)
+    name = resolve_source(source, allow_timm_names=allow_timm_names)
+    config = source_config(name, source)
+    if name.startswith(('local-dir:', 'hf-hub:')):
+        check_architecture(config.get('architecture'), source)
     try:
         model = timm.create_model(name, pretrained=True, **kwargs)
     except RuntimeError as err:
@@ -203,6 +112,8 @@ def load_model(source: str, **kwargs) -> torch.nn.Module:
             raise HubError(f'{source}: {err}; import the module that registers the architecture first '
                            '(import mislas_timm)') from None
         raise HubError(f'cannot load {source}: {err}') from None
+    except OSError as err:  # weights huggingface_hub cannot fetch (offline?), e.g. of a timm pretrained name
+        raise HubError(unreachable_message(source, name, err)) from None
     model.mislas_config = config.get('mislas') or {}
     if config.get('label_names') and not model.pretrained_cfg.get('label_names'):
         model.pretrained_cfg['label_names'] = config['label_names']
