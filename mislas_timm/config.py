@@ -22,7 +22,7 @@ import yaml
 
 __all__ = ['ConfigError', 'PRESET_DIR', 'list_presets', 'load_preset', 'load_config_file', 'apply_overrides', 'set_value',
            'parse_config', 'TrainConfig', 'DatasetConfig', 'LongtailConfig', 'RuntimeConfig', 'ModelConfig',
-           'DataConfig', 'GroupsConfig', 'Stage1Config', 'Stage2Config']
+           'DataConfig', 'GroupsConfig', 'Stage1Config', 'Stage2Config', 'has_validation_split']
 
 PRESET_DIR = Path(__file__).parent / 'presets'
 
@@ -325,6 +325,12 @@ class Stage2Config(StageConfig):
     las_power: Optional[float] = _opt(None, **_range(0, lo_open=True))
     las_formulation: Literal['official', 'paper'] = 'official'
     samples_per_class: int = _opt(4, **_range(1))
+    # [[eps_1, eps_K], ...]: stage 2 trains once per pair (same stage-1 model, seed and sampler stream) and keeps
+    # the one with the lowest validation NLL (mislas_timm.stage2_selection); needs a validation split. null:
+    # smooth_head / smooth_tail as given (the paper presets).
+    smoothing_candidates: Optional[List[List[float]]] = _opt(
+        None, expect='a list of [smooth_head, smooth_tail] pairs, each in [0, 1] (e.g. [[0.0, 0.0], [0.3, 0.0]]) '
+                     'or null')
 
 
 @dataclass
@@ -467,7 +473,8 @@ def _parse_section(cls: Any, raw: Any, prefix: str) -> Any:
             value = _coerce(raw[name], hints[name], key)
             _check_range(value, dict(f.metadata), key)
         except _Invalid:
-            problems.append(f'config key {key}: {raw[name]!r} is not allowed; expected {_describe(hints[name])}')
+            expected = f.metadata.get('expect') or _describe(hints[name])
+            problems.append(f'config key {key}: {raw[name]!r} is not allowed; expected {expected}')
         except ConfigError as err:  # out of range, or the problems of a section inside this one
             problems.extend(err.problems)
         else:
@@ -488,6 +495,7 @@ def _check_consistency(cfg: TrainConfig) -> None:
     if s2.loss == 'las' and s2.las_shape == 'exp' and s2.las_power is None:
         problems.append('config key stage2.las_power: null, but las_shape exp needs a power > 0; '
                         'set stage2.las_power=...')
+    problems += _smoothing_candidates_problems(cfg)
     # Null input_size / mean / std are the model's, filled in when the run starts
     # (mislas_timm.initialization.resolve_start); the values given must agree with each other.
     d = cfg.data
@@ -508,6 +516,43 @@ def _check_consistency(cfg: TrainConfig) -> None:
         problems.append(f'config key groups.rank_split: {split} goes past dataset.num_classes ({n})')
     if problems:
         raise ConfigError(problems=problems)
+
+
+def has_validation_split(cfg: TrainConfig) -> bool:
+    """Whether the config gives the run a validation split: held out per class (``longtail.val_per_class``
+    with a long-tail view, else ``dataset.val_per_class``) or the data's own (``dataset.val_split`` /
+    ``dataset.val_list``)."""
+    d = cfg.dataset
+    held_out = cfg.longtail.val_per_class if cfg.longtail is not None else d.val_per_class
+    return bool(held_out or d.val_split or d.val_list)
+
+
+def _smoothing_candidates_problems(cfg: TrainConfig) -> List[str]:
+    """stage2.smoothing_candidates: [eps_1, eps_K] pairs in [0, 1], each once, with LAS and a validation split."""
+    s2, key = cfg.stage2, 'config key stage2.smoothing_candidates'
+    candidates = s2.smoothing_candidates
+    if candidates is None:
+        return []
+    if not candidates:
+        return [f'{key}: [] names no candidate; give [eps_1, eps_K] pairs such as [[0.0, 0.0], [0.3, 0.0]], '
+                'or null to train with stage2.smooth_head / stage2.smooth_tail']
+    problems = []
+    for i, pair in enumerate(candidates):
+        if len(pair) != 2:
+            problems.append(f'{key}: entry {i} {pair!r} must be a pair [smooth_head, smooth_tail] (eps_1, eps_K)')
+        elif not all(0.0 <= v <= 1.0 for v in pair):
+            problems.append(f'{key}: entry {i} {pair!r} is out of range; eps_1 and eps_K must be >= 0 and <= 1')
+        elif pair in candidates[:i]:
+            problems.append(f'{key}: entry {i} {pair!r} repeats entry {candidates.index(pair)}; list each pair once')
+    if s2.loss != 'las':
+        problems.append(f'{key}: set, but stage2.loss is {s2.loss}, which has no smoothing to choose; set '
+                        'stage2.loss=las or stage2.smoothing_candidates=null')
+    if not has_validation_split(cfg):
+        where = 'longtail.val_per_class' if cfg.longtail is not None else 'dataset.val_per_class'
+        problems.append(f'{key}: choosing stage 2\'s smoothing needs a validation split (never the test split) and '
+                        f'this config has none; set {where} (e.g. 20), dataset.val_split or --val-list, or '
+                        'stage2.smoothing_candidates=null to train with stage2.smooth_head / stage2.smooth_tail')
+    return problems
 
 
 def _check_model(cfg: TrainConfig) -> None:

@@ -58,8 +58,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help='memory format (default auto: channels-last for convolutional models)')
     p.add_argument('--compile', action='store_true', help='torch.compile the model (see BENCHMARKS.md)')
     p.add_argument('--cpu', action='store_true', help='force the CPU even when a GPU is present')
-    p.add_argument('--report-to', choices=['tensorboard', 'wandb', 'all'], help='experiment tracker via Accelerate, logs under OUT/logs '
-                                                                               '(tensorboard: pip install "mislas-timm[tensorboard]")')
+    p.add_argument('--report-to', choices=['tensorboard', 'wandb', 'all'],
+                   help='experiment tracker via Accelerate, logs under OUT/logs '
+                        '(tensorboard: pip install "mislas-timm[tensorboard]")')
     p.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
                    help='override any preset key, e.g. --set stage2.shift_bn=true (repeatable)')
     args = p.parse_args(argv)
