@@ -46,6 +46,7 @@ from .precise_bn import precise_bn_batches, recompute_bn_stats, tracking_bn_laye
 from .runtime import (RuntimeChoices, device_name, has_accelerator, load_pinned, precision_problem,
                       resolve_channels_last, resolve_mixed_precision, save_pinned)
 from .stage2 import fold_head, head_parameter_groups, to_stage2
+from .stage2_selection import check_validation, recorded_recipe, select_smoothing, stage_checkpoints
 
 __all__ = ['TrainingError', 'TrainData', 'load_data', 'build_model', 'lr_multiplier', 'loss_problem', 'run_training',
            'StageProgress']
@@ -432,6 +433,7 @@ def _finished_stage_recipe(folder: Path, stage: str, current: Dict[str, Any]) ->
     if config.get('architecture'):
         saved['model.arch'] = config['architecture']
     saved.update({f'{stage}.{key}': value for key, value in (mislas.get('recipe') or {}).items()})
+    saved = recorded_recipe(mislas, saved)  # a chosen smoothing: the candidates were the setting
     return {k: v for k, v in saved.items() if k in current}
 
 
@@ -613,6 +615,7 @@ class StageSpec:
     # What a broken start is blamed on, and what to do about it (see start_problem).
     origin: str = 'the model it starts from is broken'
     start_fix: str = 'check the initial weights and the preprocessing (data.mean / data.std / data.input_size)'
+    checkpoint: Optional[str] = None  # its name under OUT/checkpoints (None: ``name``); a smoothing candidate's own
 
 
 def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: TrainConfig, out: Path,
@@ -627,9 +630,10 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: TrainConfig
     accelerator.free_memory()
     model, optimizer = accelerator.prepare(spec.model, optimizer)
     recipe = stage_recipe(cfg, spec.name, data.meta)
+    checkpoint = spec.checkpoint or spec.name
     if resume:  # before the first step: a resume with other settings would train a run nobody configured
-        check_same_recipe((_newest_progress(out / 'checkpoints', spec.name) or {}).get('recipe'), recipe, spec.name)
-    checkpointer = Checkpointer(out / 'checkpoints', spec.name, accelerator, choices, recipe)
+        check_same_recipe((_newest_progress(out / 'checkpoints', checkpoint) or {}).get('recipe'), recipe, checkpoint)
+    checkpointer = Checkpointer(out / 'checkpoints', checkpoint, accelerator, choices, recipe)
     configured_lrs = [group['initial_lr'] for group in spec.param_groups]
     start_epoch = checkpointer.restore() if resume else 0
     train_time = checkpointer.train_time_s() if start_epoch else 0.0
@@ -637,7 +641,7 @@ def _train_stage(accelerator, spec: StageSpec, data: TrainData, cfg: TrainConfig
     for group, lr in zip(optimizer.param_groups, configured_lrs):
         group['initial_lr'] = lr
     if start_epoch:
-        logger.info('%s: resumed after epoch %d from %s', spec.name, start_epoch, checkpointer.path)
+        logger.info('%s: resumed after epoch %d from %s', checkpoint, start_epoch, checkpointer.path)
         checkpointer.start_loss = checkpointer.recorded_start_loss()
     view, batch_transform = _training_view(cfg, data, accelerator.unwrap_model(model).pretrained_cfg,
                                            choices.decode_once)
@@ -873,7 +877,7 @@ def _stage1(accelerator, cfg, data: TrainData, out: Path, resume: bool, choices:
 
 
 def _stage2(accelerator, cfg, data: TrainData, stage1_model: torch.nn.Module, out: Path, resume: bool,
-            choices: RuntimeChoices) -> torch.nn.Module:
+            choices: RuntimeChoices, checkpoint: Optional[str] = None) -> torch.nn.Module:
     sc = cfg.stage2
     torch.manual_seed(_seed_for(cfg.seed, 2))
     model = to_stage2(stage1_model, head=sc.head, shift_bn=sc.shift_bn)
@@ -889,7 +893,7 @@ def _stage2(accelerator, cfg, data: TrainData, stage1_model: torch.nn.Module, ou
     # The reference loop ends a stage-2 epoch after ceil(N / batch) + 1 batches, not n_max * K samples.
     steps = math.ceil(len(data.train_labels) / sc.batch_size) + 1
     spec = StageSpec('stage2', 2, model, groups, sc, sampler, steps, loss_fn, origin=_stage1_summary(stage1_model),
-                     start_fix='train stage 1 longer or pass a better stage-1 model (--init)')
+                     start_fix='train stage 1 longer or pass a better stage-1 model (--init)', checkpoint=checkpoint)
     return _train_stage(accelerator, spec, data, cfg, out, resume, choices)
 
 
@@ -929,6 +933,8 @@ def _finish_stage(accelerator, model: torch.nn.Module, cfg, data: TrainData, out
            'num_processes': accelerator.num_processes, 'torch_version': torch.__version__}
     meta = _stage_meta(cfg, data, stage, command, stage1, run)
     meta['recipe'].update(getattr(model, 'mislas_precise_bn', None) or {})  # the pass's threshold, and if it ran
+    if getattr(model, 'mislas_stage2_selection', None):  # how its smoothing was chosen on the validation split
+        meta['stage2_selection'] = model.mislas_stage2_selection
     model.mislas_config = meta
     # A model trained here is not the published weights its architecture's default cfg names: it
     # records its own tag (preset and stage) and no hf_hub_id; the zoo build gives zoo folders theirs.
@@ -988,7 +994,8 @@ def run_training(cfg: TrainConfig, *, output_dir: str, stage: str = 'all', init:
     # Before any data is read: the source loads, the architecture and preprocessing it gives, its sha256.
     cfg, _, init_notes = resolve_start(cfg, stage, out)
     _check_arch(cfg.model.arch)
-    taken = [s for s in stages if checkpoint_exists(out / 'checkpoints', f'stage{s}') or _stage_done(out / f'stage{s}')]
+    taken = [s for s in stages if _stage_done(out / f'stage{s}')
+             or any(checkpoint_exists(out / 'checkpoints', name) for name in stage_checkpoints(cfg, s))]
     if not resume and taken:
         raise ConfigError(f'{out} already holds stage {taken[0]} of a run; pass --resume to continue it or choose '
                           'another --output-dir')
@@ -1023,6 +1030,8 @@ def run_training(cfg: TrainConfig, *, output_dir: str, stage: str = 'all', init:
     if report_to:
         accelerator.init_trackers('mislas', config={'preset': cfg.preset})
     data = load_data(cfg, max_train_samples, max_eval_samples)
+    if '2' in stages:  # before stage 1's hours: a smoothing selection needs validation images
+        check_validation(cfg, data.val)
     if cfg.model.init:  # config.json's mislas block: the model the run started from, and its exact weights
         data.meta.update(init=cfg.model.init, init_sha256=cfg.model.init_sha256)
     if resume:  # before any stage runs (or is reported done): no stage may continue under another recipe
@@ -1061,11 +1070,17 @@ def run_training(cfg: TrainConfig, *, output_dir: str, stage: str = 'all', init:
                 raise ConfigError(f'--init model {source} has {getattr(stage1_model, "num_classes", "?")} classes but '
                                   f'the data has {data.num_classes}; pass a stage-1 model trained on this data set')
             _apply_data_cfg(stage1_model, cfg, data.label_names)
-            stage2_model = _stage2(accelerator, cfg, data, stage1_model, out, resume, choices)
+            stage2_cfg = cfg
+            if cfg.stage2.smoothing_candidates:  # one stage 2 per [eps_1, eps_K], the lowest validation NLL kept
+                stage2_model, stage2_cfg = select_smoothing(
+                    cfg, data, lambda c, name: _stage2(accelerator, c, data, stage1_model, out, resume, choices, name),
+                    accelerator)
+            else:
+                stage2_model = _stage2(accelerator, cfg, data, stage1_model, out, resume, choices)
             recorded = getattr(stage1_model, 'mislas_config', None) or {}
             stage1_info = {'source': source, **{k: recorded.get(k) for k in (
                 'command', 'recipe', 'train_time_s', 'device', 'runtime')}}
-            _finish_stage(accelerator, fold_head(stage2_model), cfg, data, out, 2, command, choices,
+            _finish_stage(accelerator, fold_head(stage2_model), stage2_cfg, data, out, 2, command, choices,
                           stage2_model.mislas_train_time_s, stage1_info)
         written['stage2'] = out / 'stage2'
     if report_to:

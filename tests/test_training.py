@@ -493,8 +493,8 @@ def test_zoo_verify_refuses_a_copy_encoded_unlike_the_shipped_models(tiny_datase
     (['--epochs', '-3'], ['stage1.epochs', '>= 1']),
     (['--set', 'stage2.loss=focal'], ['stage2.loss', 'las, ce']),
     (['--set', 'longtail.imb_factor=100'], ['imb_factor=100', 'leaves classes [3] with 0 images']),
-    (['--init', 'resnet32_cifar.cifar10_lt_if100_mislas'], ['--init', 'applies with --stage 2 only', 'trunk_weights']),
-    (['--stage', '1', '--init', 'somewhere'], ['--init', 'this is --stage 1']),
+    # (--init with --stage 1 / all now names the weights stage 1 fine-tunes: see tests/test_init.py)
+    (['--stage', '1', '--init', 'somewhere'], ['--init', "unknown model source 'somewhere'"]),
     (['--stage', '2', '--init', 'no/such/folder'], ['--init', "unknown model source 'no/such/folder'"]),
     (['--stage', '2'], ['--stage 2 needs a stage-1 model', '--init SOURCE']),
     (['--set', 'data.train_transform_kwargs.paddding=8'], ['train_transform_kwargs.paddding', "did you mean 'padding'"]),
@@ -547,11 +547,23 @@ def test_stage_recipe_keeps_what_a_resume_must_not_change():
     with pytest.raises(ConfigError, match='stage2.epochs is 3 but stage2 was checkpointed with 10'):
         check_same_recipe(older, stage_recipe(parse_config(apply_overrides(raw, ['stage2.epochs=3'])), 'stage2',
                                               meta), 'stage2')
+    # The weights a run started from (--init) shape every stage: source and sha256, both values named.
+    def from_init(sha256):
+        overrides = ['model.init=a/run/stage1', f'model.init_sha256={sha256}']
+        return stage_recipe(parse_config(apply_overrides(raw, overrides)), 'stage1', meta)
+
+    started, other = from_init('a' * 64), from_init('b' * 64)
+    assert started['model.init'] == 'a/run/stage1' and started['model.init_sha256'] == 'a' * 64
+    with pytest.raises(ConfigError) as err:
+        check_same_recipe(started, other, 'stage1')
+    assert str(err.value).startswith("--resume: model.init_sha256 is 'bbbbbbbbbbbb...' but stage1 was checkpointed "
+                                     "with 'aaaaaaaaaaaa...'; resume with the settings")
 
 
 def snapshot(folder: Path) -> dict:
     """Every file under ``folder`` with its bytes (train.log aside: a refused start appends its command)."""
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file() and p.name != 'train.log'}
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob('*'))
+            if p.is_file() and p.name != 'train.log'}
 
 
 @pytest.fixture
@@ -579,7 +591,8 @@ def test_a_finished_run_resumed_with_other_settings_is_refused(full_run, other_r
 
 
 def test_stage2_is_not_trained_on_a_stage1_of_another_recipe(full_run, other_recipe, tiny_config_file, tmp_path):
-    """Stage 1 finished, stage 2 not started: neither `all` nor `--stage 2` may train an IF5 stage 2 on the IF10 stage 1."""
+    """Stage 1 finished, stage 2 not started: neither `all` nor `--stage 2` may train an IF5 stage 2 on the IF10
+    stage 1."""
     out = tmp_path / 'half'
     shutil.copytree(full_run, out, ignore=lambda folder, names: [n for n in names if n == 'stage2'])
     assert not (out / 'stage2').exists() and not (out / 'checkpoints' / 'stage2').exists()
