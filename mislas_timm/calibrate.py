@@ -10,7 +10,9 @@ val_per_class) and the data set's training split, and its checksum must equal th
 ``val_sha256``. The method is fitted there (never on the test split), folded into the final linear
 layer (see :mod:`mislas_timm.calibration`) and the result written as a Hub folder to DIR: an
 ordinary timm model whose config.json records ``mislas.posthoc`` and whose metrics.json / card
-report the test split. The test split is used for that report only.
+report the test split. The test split is used for that report only (read and decoded once for the
+reports before and after). A model recorded as trained on images stored otherwise than the data
+set's (original pixels against a JPEG copy) is calibrated with a one-line warning naming both.
 """
 from __future__ import annotations
 
@@ -86,8 +88,8 @@ def warn_encodings(model, model_name: str, dataset: str, encodings: Dict[str, st
         where = f'{dataset} ({" and ".join(splits)} split{"s" if len(splits) > 1 else ""})'
         problem = encoding_mismatch(model, encoding, model_name, where)
         if problem:
-            warnings.warn(f'{problem}: what is fitted and measured there is not what its own images give; '
-                          'calibrate it on the copy it was trained on', EncodingMismatchWarning, stacklevel=2)
+            warnings.warn(f'{problem}: what is fitted and measured on that copy is not what the images it was '
+                          'trained on give; calibrate it on those', EncodingMismatchWarning, stacklevel=2)
 
 
 def fit_on_validation(model, method: str, dataset: str, *, split_train: str = 'train',

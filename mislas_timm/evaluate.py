@@ -5,7 +5,10 @@
     python -m mislas_timm.evaluate SOURCE --dataset PATH_OR_ID --shift-table [50,25,10,5,2]
 
 SOURCE: a zoo name, a Hub folder, local-dir:PATH or hf-hub:ORG/NAME. The class groups use the
-training counts recorded in the model's config.json (``mislas.class_counts``).
+training counts recorded in the model's config.json (``mislas.class_counts``). A model recorded as
+trained on images stored otherwise than the data set's (original pixels against a JPEG copy) is
+evaluated with a one-line warning naming both encodings. metrics.json's ``wall_time_s`` /
+``images_per_s`` cover the whole evaluation, from reading the split to the report.
 
 Shifted test distributions (test-agnostic protocol of LADE / SADE): with --test-imbalance R > 1
 the model is tested on a long-tailed subset of the (balanced) test split: the classes in training
@@ -24,7 +27,7 @@ from pathlib import Path
 
 
 def _ratios(text: str):
-    from .data.test_shift import check_test_shift
+    from .data.label_shift import check_test_shift
 
     values = [v for v in text.replace(' ', '').split(',') if v]
     if not values:
@@ -33,7 +36,7 @@ def _ratios(text: str):
 
 
 def _imbalance(text: str) -> float:
-    from .data.test_shift import check_test_shift
+    from .data.label_shift import check_test_shift
 
     try:
         value = float(text)
@@ -79,7 +82,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from .data.hf import DataError
-    from .data.test_shift import check_test_shift, shift_name
+    from .data.label_shift import check_test_shift, shift_name
     from .evaluation import default_shifts, evaluate, evaluate_shifts, one_line_warnings
     from .hub import HubError, load_model, write_json_atomic
     from .plots import reliability_diagram_png

@@ -19,7 +19,7 @@ against a JPEG copy) is still evaluated, with an :class:`~mislas_timm.data.encod
 naming both encodings (:func:`mislas_timm.data.encoding.encoding_mismatch`).
 
 Shifted test distributions (the test-agnostic protocol of LADE / SADE, see
-:mod:`mislas_timm.data.test_shift`): ``evaluate(..., test_imbalance=R, test_profile=...)`` runs the
+:mod:`mislas_timm.data.label_shift`): ``evaluate(..., test_imbalance=R, test_profile=...)`` runs the
 model on one forward / backward long-tailed subset of the test split; :func:`evaluate_shifts` runs
 it once on the whole split and derives the reports of several subsets from those logits.
 """
@@ -40,8 +40,7 @@ from .data.batch_augment import _images as decoded_images
 from .data.encoding import EncodingMismatchWarning, encoding_mismatch, image_encoding, recorded_encoding
 from .data.hf import (DECODE_ERRORS, DataError, ImageClassificationView, build_eval_transform, image_error,
                       labels_of, load_split, resolve_columns, to_model_mode)
-from .data.logs import silence_card_metadata_warning
-from .data.test_shift import DEFAULT_SHIFT_RATIOS, check_test_shift, shift_name, shifted_test_indices
+from .data.label_shift import DEFAULT_SHIFT_RATIOS, check_test_shift, shift_name, shifted_test_indices
 from .metrics import calibration_report
 
 __all__ = ['evaluate', 'evaluate_many', 'evaluate_shifts', 'default_shifts', 'predict', 'eval_loader',
@@ -174,7 +173,6 @@ class DecodedSplit:
                  label_column: Optional[str] = None, max_samples: Optional[int] = None,
                  dataset_name: Optional[str] = None, cache: bool = True):
         start = time.perf_counter()
-        silence_card_metadata_warning()
         if isinstance(dataset, str):
             self.name, ds = dataset_name or dataset, load_split(dataset, split)
         else:
@@ -436,7 +434,7 @@ def evaluate(
 
     ``test_imbalance`` R > 1 evaluates on a long-tailed subset of the split instead of all of it:
     ``test_profile`` ``forward`` (frequent training classes keep most test images) or ``backward``,
-    drawn with ``test_seed`` (see :func:`mislas_timm.data.test_shift.shifted_test_indices`); it needs
+    drawn with ``test_seed`` (see :func:`mislas_timm.data.label_shift.shifted_test_indices`); it needs
     the training ``class_counts``. The report records ``test_imbalance``, ``test_profile``,
     ``test_seed`` and ``test_class_counts`` (test images per class evaluated). ``max_samples`` cuts
     the split first. ValueError (one line) for a bad R / profile or missing class counts.
@@ -510,7 +508,7 @@ def evaluate_shifts(
 
     ``shifts``: (R, profile) pairs, default :func:`default_shifts` (forward 50 ... 2, uniform,
     backward 2 ... 50). Returns ``{name: report}`` in that order, names from
-    :func:`~mislas_timm.data.test_shift.shift_name` (``forward-50``, ``uniform``, ``backward-10``);
+    :func:`~mislas_timm.data.label_shift.shift_name` (``forward-50``, ``uniform``, ``backward-10``);
     each report is what :func:`evaluate` with ``test_imbalance=R, test_profile=profile,
     test_seed=seed`` gives (the same images; its wall time / images per second are the whole call's, the
     full pass over the split). Every shift is checked (R, profile, class counts, R <= n) before the model runs.

@@ -276,6 +276,9 @@ def load_split(source: str, split: str):
     A split the data set does not have raises :class:`SplitNotFound`."""
     import datasets
 
+    from .logs import silence_card_metadata_warning
+
+    silence_card_metadata_warning()  # the one place data is read: a README without YAML is not a problem
     path = Path(os.path.expanduser(source))
     try:
         if path.is_dir() and _is_save_to_disk(path):
