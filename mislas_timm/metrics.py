@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 __all__ = ['check_probs', 'ece', 'adaptive_ece', 'classwise_ece', 'reliability_bins', 'confidence_bin_index',
-           'calibration_report', 'REPORT_KEYS']
+           'calibration_report', 'REPORT_KEYS', 'summarize_seed_runs', 'SEED_RUN_KEYS']
 
 REPORT_KEYS = (
     'top1', 'top5', 'ece', 'mce', 'nll', 'brier', 'many_top1', 'medium_top1', 'few_top1',
@@ -337,3 +337,28 @@ def class_groups(class_counts: Sequence[int], rank_split: Sequence[int]) -> List
     for rank, cls in enumerate(order.tolist()):
         groups[cls] = 'head' if rank < a else ('medium' if rank < b else 'tail')
     return groups
+
+
+SEED_RUN_KEYS = ('top1', 'ece', 'adaptive_ece', 'nll')
+
+
+def summarize_seed_runs(runs: Sequence[Dict[str, Optional[float]]],
+                        keys: Sequence[str] = SEED_RUN_KEYS) -> Dict[str, Dict[str, Optional[float]]]:
+    """Mean and sample standard deviation over training seeds: ``{key: {'mean', 'sd', 'n'}}``.
+
+    ``runs``: one mapping per seed (``seed_runs`` of metrics.json: ``{seed, top1, ece, adaptive_ece, nll}``,
+    rates as fractions). A run without a value for a key (``None`` or absent) is left out of that key's
+    statistics, so ``n`` counts the runs that have one. ``sd`` is the sample SD (ddof=1:
+    sqrt(sum (x - mean)^2 / (n - 1))), ``None`` for n < 2; ``mean`` is ``None`` for n = 0. Sums use
+    ``math.fsum``, so the result does not depend on the order of the runs.
+    """
+    import math
+
+    out: Dict[str, Dict[str, Optional[float]]] = {}
+    for key in keys:
+        values = [float(run[key]) for run in runs if run.get(key) is not None]
+        n = len(values)
+        mean = math.fsum(values) / n if n else None
+        sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n >= 2 else None
+        out[key] = {'mean': mean, 'sd': sd, 'n': n}
+    return out

@@ -191,3 +191,31 @@ def test_one_resolver_of_model_sources(folder, tmp_path, monkeypatch):
     with pytest.raises(SourceError, match='not a Hub folder'):
         resolve_source(str(tmp_path))  # a folder, but not a Hub folder
 
+
+
+def test_card_shows_the_training_seeds_when_there_are_two_or_more(folder):
+    """metrics.json's seed_runs (fractions): one row per seed (sorted, the card's own weights marked), the
+    mean +- SD (sample SD) in %, and the one-seed limitation replaced; one seed: the card as before."""
+    from mislas_timm.hub.card import render_card
+
+    config = json.loads((folder / 'config.json').read_text())
+    config['mislas']['seed'] = 1
+    metrics = json.loads((folder / 'metrics.json').read_text())
+    runs = [{'seed': 2, 'top1': 0.84, 'ece': 0.05, 'adaptive_ece': 0.045, 'nll': 0.7},
+            {'seed': 0, 'top1': 0.80, 'ece': 0.03, 'adaptive_ece': None, 'nll': 0.5},
+            {'seed': 1, 'top1': 0.82, 'ece': 0.04, 'adaptive_ece': 0.035, 'nll': 0.6}]
+    plain = render_card(config, metrics, {})
+    assert '## Over training seeds' not in plain and 'One training run with one seed' in plain
+    assert render_card(config, dict(metrics, seed_runs=runs[2:]), {}) == plain  # one seed: nothing to add
+    card = render_card(config, dict(metrics, seed_runs=runs), {})
+    check_card_matches_metrics(card, metrics)
+    section = card.split('## Over training seeds\n', 1)[1].split('\n## ', 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith('| ') and not line.startswith('| training')]
+    # top-1 80 / 82 / 84: mean 82, SD sqrt((4 + 0 + 4) / 2) = 2 points; ECE 3 / 4 / 5: 4 +- 1; adaptive ECE over
+    # the two seeds that have it: 4.0 +- sqrt(2 * 0.5^2) = 0.71; NLL 0.6 +- 0.1
+    assert rows == ['| 0 | 80.00 | 3.00 | n/a | 0.5000 |', '| 1 (these weights) | 82.00 | 4.00 | 3.50 | 0.6000 |',
+                    '| 2 | 84.00 | 5.00 | 4.50 | 0.7000 |',
+                    '| mean +- SD | 82.00 +- 2.00 | 4.00 +- 1.00 | 4.00 +- 0.71 | 0.6000 +- 0.1000 |']
+    assert f'same {metrics["num_samples"]} images of the `test` split' in section and "seed 1's" in section
+    assert 'One training run with one seed' not in card
+    assert "- 3 training runs, seeds 0, 1, 2; the weights here are seed 1's." in card

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -202,7 +203,8 @@ def test_shipped_card_states_the_standard_limitations(entry):
     metrics = json.loads((entry.folder / 'metrics.json').read_text())
     card = (entry.folder / 'README.md').read_text()
     stated = card.split('## Limitations', 1)[1].split('## Citation', 1)[0]
-    for line in zoo.card_limitations(entry.name, mislas, metrics['top1'], entry.source.split('/')[0]):
+    for line in zoo.card_limitations(entry.name, mislas, metrics['top1'], entry.source.split('/')[0],
+                                     metrics.get('seed_runs')):
         assert f'- {line}\n' in stated, line
 
 
@@ -220,3 +222,245 @@ def test_public_command_leaves_no_machine_path():
         assert zoo.public_meta({'source': source})['source'] == shown
         assert zoo.public_meta({'init': source})['init'] == shown  # the --init source of a fine-tuned stage 1
         assert zoo.public_meta({'stage1': {'init': source}})['stage1']['init'] == shown
+
+
+# ----------------------------------------------------------------------------------------------
+# Training seeds: metrics.json seed_runs, the card and the README table (zoo seeds / add_seed_runs).
+
+def test_summarize_seed_runs_is_mean_and_sample_sd():
+    from mislas_timm.metrics import summarize_seed_runs
+
+    runs = [{'seed': 0, 'top1': 0.80, 'ece': 0.031, 'adaptive_ece': 0.02, 'nll': 0.50},
+            {'seed': 1, 'top1': 0.82, 'ece': 0.035, 'adaptive_ece': None, 'nll': 0.53},
+            {'seed': 2, 'top1': 0.87, 'ece': 0.030, 'nll': 0.62}]
+    stats = summarize_seed_runs(runs)
+    assert set(stats) == {'top1', 'ece', 'adaptive_ece', 'nll'}
+    # top-1: mean 2.49 / 3 = 0.83; SD sqrt((0.03^2 + 0.01^2 + 0.04^2) / 2) = sqrt(0.0013)
+    assert stats['top1']['n'] == 3 and stats['top1']['mean'] == pytest.approx(0.83, rel=1e-12)
+    assert stats['top1']['sd'] == pytest.approx(0.0013 ** 0.5, rel=1e-12)
+    # ECE 0.031 / 0.035 / 0.030: mean 0.032, SD sqrt((0.001^2 + 0.003^2 + 0.002^2) / 2) = sqrt(7e-6)
+    assert stats['ece']['mean'] == pytest.approx(0.032, rel=1e-12)
+    assert stats['ece']['sd'] == pytest.approx(7e-6 ** 0.5, rel=1e-12)
+    # NLL 0.50 / 0.53 / 0.62: mean 0.55, SD sqrt((0.05^2 + 0.02^2 + 0.07^2) / 2) = sqrt(0.0039)
+    assert stats['nll']['mean'] == pytest.approx(0.55, rel=1e-12) and stats['nll']['sd'] == pytest.approx(0.0039 ** 0.5, rel=1e-12)
+    # a run without a value leaves that key's statistics; one value: no SD; none: no mean
+    assert stats['adaptive_ece'] == {'mean': 0.02, 'sd': None, 'n': 1}
+    assert summarize_seed_runs([{'seed': 0, 'top1': None}], keys=('top1',)) == {'top1': {'mean': None, 'sd': None, 'n': 0}}
+    assert summarize_seed_runs(runs[::-1]) == stats  # order does not matter
+
+
+SHIPPED_NAME = 'resnet32_cifar.cifar10_lt_if100_mislas'
+SEED_META = {'class_counts': [4980, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50], 'rank_split': [3, 7],
+             'data_seed': 0, 'imb_factor': 100, 'profile': 'exp', 'split_sha256': 'ab' * 32, 'val_per_class': 20,
+             'val_sha256': 'cd' * 32, 'preset': 'cifar10-lt-if100', 'stage': 2, 'image_encoding': 'PNG (lossless)',
+             'recipe': {'epochs': 10, 'head': 'mislas', 'loss': 'las', 'smooth_head': 0.3, 'smooth_tail': 0.0,
+                        'shift_bn': False},
+             'stage1': {'recipe': {'epochs': 200, 'mixup_alpha': 1.0, 'loss': 'ce'}, 'train_time_s': 9.0}}
+
+
+def _seed_folder(folder: Path, seed: int, dataset: Path, shipped: bool = False, **changes) -> Path:
+    """A stage-2-like Hub folder of a random resnet32_cifar trained with ``seed``: the zoo model's own folder
+    (as zoo build writes it, with one extra limitation line) or a run folder of train.py (its machine paths,
+    its own tag); ``changes``: mislas keys (``recipe`` replaces the recipe) that make it another recipe."""
+    import copy
+
+    import timm
+    from mislas_timm.evaluation import evaluate
+    from mislas_timm.hub import save_hub_folder
+
+    torch.manual_seed(seed)
+    model = timm.create_model('resnet32_cifar', num_classes=10)
+    with torch.no_grad():  # a random network is confident in one class: damp it, and lean it to class `seed`,
+        model(torch.randn(64, 3, 32, 32))  # so that each seed's top-1 differs on the uneven test split
+        head = model.get_classifier()
+        head.weight.mul_(1e-3)
+        head.bias.zero_()
+        head.bias[seed % 10] = 1.0
+    model.eval()
+    meta = dict(copy.deepcopy(SEED_META), seed=seed, **changes)
+    meta.update({'dataset': 'uoft-cs/cifar10', 'command': 'python train.py --preset cifar10-lt-if100'} if shipped else
+                {'dataset': str(dataset), 'command': f'/home/u/train.py --output-dir /home/u/runs/s{seed}'})
+    model.mislas_config = meta
+    tag = {'tag': 'cifar10_lt_if100_mislas', 'hf_hub_id': f'mislas-timm/{SHIPPED_NAME}'} if shipped else \
+        {'tag': 'cifar10_lt_if100_stage2'}
+    model.pretrained_cfg = model.default_cfg = dict(model.pretrained_cfg, label_names=CIFAR10_NAMES, **tag)
+    with warnings.catch_warnings():  # the run recorded as trained on JPEG images is measured on PNG ones here
+        warnings.simplefilter('ignore')
+        metrics = evaluate(model, str(dataset), split='test', dataset_name='uoft-cs/cifar10')
+    context = zoo._card_context(zoo.get(SHIPPED_NAME), meta, metrics, zoo.DATASET_ID, ['A tiny test model.']) \
+        if shipped else {}
+    return save_hub_folder(model, folder, label_names=CIFAR10_NAMES, mislas=meta, metrics=metrics,
+                           card_context=context)
+
+
+@pytest.fixture(scope='module')
+def seed_data(tmp_path_factory):
+    """A tiny CIFAR-10-schema data set (PNG, 32x32; 2-4 test images per class), the zoo model's folder (seed 0) and
+    run folders: seeds 1 and 2 of its recipe, and runs that differ from it."""
+    import datasets
+    from .conftest import make_image_dataset
+
+    root = tmp_path_factory.mktemp('seeds')
+    data = root / 'cifar10-tiny'
+    datasets.DatasetDict({'train': make_image_dataset([3] * 10, size=32, seed=0, class_names=CIFAR10_NAMES),
+                          'test': make_image_dataset([4, 2, 3] + [2] * 7, size=32, seed=1, class_names=CIFAR10_NAMES),
+                          }).save_to_disk(str(data))
+    recipe = dict(SEED_META['recipe'], smooth_head=0.1)
+    folders = {'shipped': _seed_folder(root / 'zoo' / SHIPPED_NAME, 0, data, shipped=True),
+               **{f'seed{s}': _seed_folder(root / 'runs' / f's{s}' / 'stage2', s, data) for s in (1, 2)},
+               'seed0': _seed_folder(root / 'runs' / 's0' / 'stage2', 0, data),
+               'smoothing': _seed_folder(root / 'runs' / 'eps' / 'stage2', 3, data, recipe=recipe),
+               'data_seed': _seed_folder(root / 'runs' / 'ds' / 'stage2', 4, data, data_seed=1),
+               'jpeg': _seed_folder(root / 'runs' / 'jpeg' / 'stage2', 5, data, image_encoding='JPEG quality 75')}
+    return data, folders
+
+
+@pytest.fixture
+def zoo_copy(seed_data, tmp_path, monkeypatch):
+    """The zoo model's folder copied into a zoo folder of its own ($MISLAS_ZOO_DIR), as shipped there."""
+    import shutil
+
+    shutil.copytree(seed_data[1]['shipped'].parent, tmp_path / 'zoo')
+    monkeypatch.setenv('MISLAS_ZOO_DIR', str(tmp_path / 'zoo'))
+    folder = tmp_path / 'zoo' / SHIPPED_NAME
+    assert zoo.get(SHIPPED_NAME).folder == folder
+    return folder
+
+
+def _files(folder: Path):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_add_seed_runs_records_every_seed_and_keeps_the_weights(seed_data, zoo_copy):
+    from mislas_timm.evaluation import evaluate
+    from mislas_timm.hub.card import mean_sd, render_card
+    from mislas_timm.metrics import summarize_seed_runs
+
+    data, runs = seed_data
+    before = _files(zoo_copy)
+    saved = json.loads(before['metrics.json'])
+    metrics = zoo.add_seed_runs(zoo_copy, [str(runs['seed2']), str(runs['seed1'])], str(data))
+    after = _files(zoo_copy)
+    assert json.loads(after['metrics.json']) == metrics
+    # the weights, config and diagram are untouched, and every other key of metrics.json
+    for name in ('model.safetensors', 'config.json', 'reliability.png'):
+        assert after[name] == before[name], name
+    assert {k: v for k, v in metrics.items() if k != 'seed_runs'} == saved
+    # sorted by seed, fractions; the shipped seed's entry is its own metrics.json, the others measured anew
+    assert [r['seed'] for r in metrics['seed_runs']] == [0, 1, 2]
+    assert metrics['seed_runs'][0] == {k: saved[k] for k in ('top1', 'ece', 'adaptive_ece', 'nll')} | {'seed': 0}
+    for entry in metrics['seed_runs'][1:]:
+        report = evaluate(mislas_timm.load_model(str(runs[f'seed{entry["seed"]}'])), str(data), split='test')
+        for key in ('top1', 'ece', 'adaptive_ece', 'nll'):
+            assert entry[key] == pytest.approx(report[key], rel=1e-9, abs=1e-12), key
+        assert 0 <= entry['top1'] <= 1 and 0 <= entry['ece'] <= 1
+    assert len({r['top1'] for r in metrics['seed_runs']}) == 3  # three different models
+    # the card: what build renders with the same context, agreeing with metrics.json, the seeds section,
+    # the limitations for three seeds (and the extra line the build added kept)
+    card = after['README.md'].decode()
+    config = json.loads(after['config.json'])
+    entry = zoo.get(SHIPPED_NAME)
+    context = zoo._card_context(entry, config['mislas'], metrics, zoo.DATASET_ID, ['A tiny test model.'])
+    assert card == render_card(config, metrics, context)
+    check_card_matches_metrics(card, metrics)
+    prepare_upload(zoo_copy)
+    top1 = summarize_seed_runs(metrics['seed_runs'])['top1']
+    assert f'| mean +- SD | {mean_sd(top1)} |' in card and '| 0 (these weights) |' in card
+    stated = card.split('## Limitations', 1)[1]
+    assert "- 3 training runs of the same recipe, seeds 0, 1, 2; the shipped weights are seed 0's." in stated
+    assert 'One training run with one seed' not in card and '- A tiny test model.\n' in stated
+    assert f'Over the 3 seeds top-1 is {mean_sd(top1)}%.' in stated  # beside the gap to the paper's 82.1
+    for line in zoo.card_limitations(SHIPPED_NAME, config['mislas'], metrics['top1'], 'if100-mixup-png',
+                                     metrics['seed_runs']):
+        assert f'- {line}\n' in stated
+    # the README table: the model's own number, then mean +- SD over the seeds (an independent formula here)
+    import statistics
+    values = {k: [100 * r[k] for r in metrics['seed_runs']] for k in ('top1', 'ece')}
+    [row] = zoo.markdown_table().splitlines()[2:]
+    cells = [c.strip() for c in row.split('|')]
+    for cell, key in ((cells[3], 'top1'), (cells[4], 'ece')):
+        expected = (f'{100 * metrics[key]:.2f} ({statistics.mean(values[key]):.2f} +- '
+                    f'{statistics.stdev(values[key]):.2f}, 3 seeds)')
+        assert cell == expected, (cell, expected)
+
+
+def test_add_seed_runs_again_replaces_the_list(seed_data, zoo_copy):
+    data, runs = seed_data
+    first = zoo.add_seed_runs(zoo_copy, [str(runs['seed1']), str(runs['seed2'])], str(data))
+    files = _files(zoo_copy)
+    assert zoo.add_seed_runs(zoo_copy, [str(runs['seed2']), str(runs['seed1'])], str(data)) == first
+    assert _files(zoo_copy) == files  # idempotent, byte for byte
+    fewer = zoo.add_seed_runs(zoo_copy, [str(runs['seed1'])], str(data))
+    assert fewer['seed_runs'] == first['seed_runs'][:2]  # replaced, the shipped seed kept
+    card = (zoo_copy / 'README.md').read_text()
+    assert "2 training runs of the same recipe, seeds 0, 1;" in card and '| 2 |' not in card
+
+
+@pytest.mark.parametrize('bad, message', [
+    ('smoothing', r"runs/eps/stage2 is not resnet32_cifar.cifar10_lt_if100_mislas's recipe with another seed: "
+                  r"recipe.smooth_head is 0.1 there but 0.3 in the shipped model; pass runs that differ in the "
+                  r"training seed only"),
+    ('data_seed', r"data_seed is 1 there but 0 in the shipped model"),
+    ('seed0', r"runs/s0/stage2 has training seed 0, as .*resnet32_cifar.cifar10_lt_if100_mislas \(the shipped "
+              r"model\): pass one run per seed"),
+    ('seed1', r"runs/s1/stage2 has training seed 1, as .*runs/s1/stage2: pass one run per seed"),
+], ids=['other-smoothing', 'other-data-seed', 'shipped-seed', 'seed-twice'])
+def test_add_seed_runs_refuses_another_recipe_before_any_evaluation(seed_data, zoo_copy, bad, message):
+    """One line naming the key and both values (or the seed), before the data set is even opened (it does not
+    exist here), nothing written; a good run listed first is not evaluated either."""
+    data, runs = seed_data
+    before = _files(zoo_copy)
+    with pytest.raises(zoo.ZooError, match=message) as err:
+        zoo.add_seed_runs(zoo_copy, [str(runs['seed1']), str(runs[bad])], str(zoo_copy.parent / 'no-such-data'))
+    assert '\n' not in str(err.value)
+    assert _files(zoo_copy) == before
+
+
+def test_add_seed_runs_refuses_a_run_trained_on_other_images(seed_data, zoo_copy):
+    data, runs = seed_data
+    before = _files(zoo_copy)
+    with pytest.raises(zoo.ZooError, match=r'runs/jpeg/stage2 was trained on images stored as JPEG quality 75 but '
+                                           r'.* holds PNG \(lossless\): pass the copy it was trained on'):
+        zoo.add_seed_runs(zoo_copy, [str(runs['seed1']), str(runs['jpeg'])], str(data))
+    assert _files(zoo_copy) == before
+
+
+def test_zoo_seeds_command_line(seed_data, zoo_copy, capsys):
+    data, runs = seed_data
+    assert zoo.main(['seeds', 'cifar10_lt_if100_mislas', str(runs['seed1']), '--dataset', str(data)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    metrics = json.loads((zoo_copy / 'metrics.json').read_text())
+    assert [r['seed'] for r in metrics['seed_runs']] == [0, 1]
+    assert out[0] == f'seed 0: top-1 {100 * metrics["top1"]:.2f}%, ECE {100 * metrics["ece"]:.2f}%'
+    assert out[-1] == f'wrote {zoo_copy / "metrics.json"} and {zoo_copy / "README.md"}'
+    # bad input: one line on stderr, exit code 2, nothing written
+    before = _files(zoo_copy)
+    for argv, expected in (
+            (['seeds', 'cifar10_lt_if7_mislas', str(runs['seed1'])], "error: 'cifar10_lt_if7_mislas' is not a zoo name"),
+            (['seeds', 'resnet32_cifar.cifar10_lt_if100_ce', str(runs['seed1'])],
+             'error: resnet32_cifar.cifar10_lt_if100_ce has no shipped folder'),
+            (['seeds', SHIPPED_NAME, str(runs['data_seed'])], 'error: ' + str(runs['data_seed'])),
+            (['seeds', SHIPPED_NAME, str(runs['seed2']), '--dataset', str(zoo_copy / 'missing')], 'error: ')):
+        argv = argv if '--dataset' in argv else argv + ['--dataset', str(data)]
+        assert zoo.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(expected) and err.count('\n') == 1, err
+    assert _files(zoo_copy) == before
+
+
+def test_zoo_build_keeps_the_seed_runs_of_the_model_it_rebuilds(seed_data, zoo_copy):
+    """Rebuilding a zoo folder from the same seed's run keeps its seed_runs (that seed's entry re-measured);
+    a model of another seed starts without them."""
+    data, runs = seed_data
+    recorded = zoo.add_seed_runs(zoo_copy, [str(runs['seed1']), str(runs['seed2'])], str(data))['seed_runs']
+    for source, seeds in (('s0/stage2', [0, 1, 2]), ('s1/stage2', None)):
+        entry = zoo.ZooEntry(SHIPPED_NAME, zoo.get(SHIPPED_NAME).description, source)
+        [folder] = zoo.build(str(runs['seed0'].parents[1]), str(data), zoo_dir=zoo_copy.parent, entries=[entry])
+        metrics = json.loads((folder / 'metrics.json').read_text())
+        card = (folder / 'README.md').read_text()
+        check_card_matches_metrics(card, metrics)
+        if seeds is None:
+            assert 'seed_runs' not in metrics and '## Over training seeds' not in card
+        else:
+            assert metrics['seed_runs'] == recorded  # seed 0's run is the shipped weights: the same numbers
+            assert '## Over training seeds' in card

@@ -1,11 +1,14 @@
 """Model cards rendered from metrics.json (numbers in percent), and the check that both agree."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import yaml
 
-__all__ = ['CardError', 'render_card', 'card_front_matter', 'check_card_matches_metrics', 'pct']
+from ..metrics import summarize_seed_runs
+
+__all__ = ['CardError', 'render_card', 'card_front_matter', 'check_card_matches_metrics', 'pct', 'seeds_section',
+           'mean_sd']
 
 CITATION = """@inproceedings{zhong2021mislas,
   title     = {Improving Calibration for Long-Tailed Recognition},
@@ -70,6 +73,14 @@ def _training_section(mislas: Dict[str, Any], command: str) -> list:
     if mislas.get('val_sha256'):
         lines.append(f'- validation: {mislas.get("val_per_class")} images per class held out of the training split '
                      f'(never the test split), sha256 `{mislas["val_sha256"]}`')
+    selection = mislas.get('stage2_selection')
+    if selection:  # stage 2's label-aware smoothing, chosen per data set (mislas_timm.stage2_selection)
+        tried = '; '.join(f'{c["smooth_head"]:g} / {c["smooth_tail"]:g}: {_fmt(c["val_top1"])} / {_fmt(c["val_ece"])} '
+                          f'/ {c["val_nll"]:.4f}' for c in selection['candidates'])
+        chosen = selection['chosen']
+        lines.append(f'- stage 2 smoothing eps_1 / eps_K chosen on the validation split by the lowest NLL (ties: the '
+                     f'smaller eps_1): **{chosen["smooth_head"]:g} / {chosen["smooth_tail"]:g}**; candidates '
+                     f'(validation top-1 % / ECE % / NLL): {tried}')
     stages = []
     if mislas.get('stage') == 2 and mislas.get('stage1'):
         stages.append(('stage 1', mislas['stage1']))
@@ -80,6 +91,42 @@ def _training_section(mislas: Dict[str, Any], command: str) -> list:
     lines += ['', 'Commands (run from a clone of mislas-timm; `--resume` continues a stopped run):', '',
               '```bash', *_stage1_command(mislas), command, '```', '']
     return lines
+
+
+def mean_sd(stats: Dict[str, Optional[float]], scale: float = 100.0, digits: int = 2) -> str:
+    """``mean +- SD`` of one key of :func:`mislas_timm.metrics.summarize_seed_runs` (``scale`` 100: in %)."""
+    if stats['mean'] is None:
+        return 'n/a'
+    sd = 'n/a' if stats['sd'] is None else f'{scale * stats["sd"]:.{digits}f}'
+    return f'{scale * stats["mean"]:.{digits}f} +- {sd}'
+
+
+def seeds_section(metrics: Dict[str, Any], mislas: Dict[str, Any]) -> List[str]:
+    """"Over training seeds": one row per seed of metrics.json's ``seed_runs`` and their mean +- SD
+    (top-1 and ECEs in %); nothing for fewer than two seeds."""
+    runs = sorted(metrics.get('seed_runs') or [], key=lambda run: run['seed'])
+    if len(runs) < 2:
+        return []
+    shipped = mislas.get('seed')
+    summary = summarize_seed_runs(runs)
+
+    def rate(value: Optional[float]) -> str:
+        return 'n/a' if value is None else f'{100 * value:.2f}'
+
+    lines = ['## Over training seeds', '',
+             f'The same recipe trained with {len(runs)} training seeds on the same long-tail split (data seed '
+             f'{mislas.get("data_seed")}), each measured like the results above on the same '
+             f'{metrics["num_samples"]} images of the `{metrics.get("split", "test")}` split (numbers in %, NLL in nats; SD: the sample standard '
+             f'deviation over seeds). The weights here are seed {shipped}\'s.', '',
+             '| training seed | top-1 | ECE | adaptive ECE | NLL |', '|---|---|---|---|---|']
+    for run in runs:
+        seed = f'{run["seed"]} (these weights)' if run['seed'] == shipped else f'{run["seed"]}'
+        nll = 'n/a' if run.get('nll') is None else f'{run["nll"]:.4f}'
+        lines.append(f'| {seed} | {rate(run.get("top1"))} | {rate(run.get("ece"))} '
+                     f'| {rate(run.get("adaptive_ece"))} | {nll} |')
+    lines.append(f'| mean +- SD | {mean_sd(summary["top1"])} | {mean_sd(summary["ece"])} '
+                 f'| {mean_sd(summary["adaptive_ece"])} | {mean_sd(summary["nll"], scale=1.0, digits=4)} |')
+    return lines + ['']
 
 
 def _default_summary(mislas: Dict[str, Any]) -> str:
@@ -155,6 +202,7 @@ def render_card(config: Dict[str, Any], metrics: Dict[str, Any], context: Dict[s
         '| ' + ' | '.join(_fmt(metrics.get(k)) for k in
                          ('many_top1', 'medium_top1', 'few_top1', 'head_top1', 'med_top1', 'tail_top1')) + ' |', '',
         '![Reliability diagram](reliability.png)', '',
+        *seeds_section(metrics, mislas),
         '## Usage', '',
         'The architecture is registered by `mislas_timm`: import it before `timm.create_model`, '
         'otherwise timm fails with "Unknown model".', '',
@@ -174,8 +222,10 @@ def render_card(config: Dict[str, Any], metrics: Dict[str, Any], context: Dict[s
         *_training_section(mislas, recipe),
         '## Limitations', '',
     ]
+    seeds = sorted(run['seed'] for run in metrics.get('seed_runs') or [])
     limitations = limitations or [
-        'One training run with one seed: no confidence intervals.',
+        (f'{len(seeds)} training runs, seeds {", ".join(map(str, seeds))}; the weights here are seed '
+         f'{mislas.get("seed")}\'s.' if len(seeds) >= 2 else 'One training run with one seed: no confidence intervals.'),
         'Reported at the last epoch; the test split was not used to select the model.',
         'Calibration is measured on the test split of the training distribution\'s classes only.',
     ]
