@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,8 @@ import pytest
 import timm
 import torch
 
-from mislas_timm.data.test_shift import (max_test_imbalance, shift_name, shifted_test_counts, shifted_test_indices,
-                                         training_order)
+from mislas_timm.data.label_shift import (max_test_imbalance, shift_name, shifted_test_counts, shifted_test_indices,
+                                          training_order)
 from mislas_timm.evaluation import default_shifts, evaluate, evaluate_shifts
 from mislas_timm.hub import load_model, save_hub_folder
 from mislas_timm.metrics import REPORT_KEYS
@@ -211,3 +212,28 @@ def test_evaluator_cli_bad_shifts(tiny_models, tiny_dataset_dir, tmp_path):
     one_line_error(evaluator(with_counts, '--dataset', tiny_dataset_dir, '--test-imbalance', '10', '--test-profile',
                              'sideways', '--out', out), "unknown test profile 'sideways'", 'forward, backward')
     assert not out.exists()
+
+
+def test_the_old_module_name_is_a_deprecated_alias(monkeypatch, tmp_path):
+    """mislas_timm.data.test_shift (named like a test file) moved to label_shift: the old name still imports, gives
+    the same objects, and warns, attributed to the importing line (so a user's script sees it)."""
+    import mislas_timm.data.label_shift as label_shift
+
+    monkeypatch.delitem(sys.modules, 'mislas_timm.data.test_shift', raising=False)  # import it afresh
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        import mislas_timm.data.test_shift as alias
+    deprecations = [w for w in caught if issubclass(w.category, DeprecationWarning)]
+    assert len(deprecations) == 1 and 'mislas_timm.data.label_shift' in str(deprecations[0].message)
+    # Outside pytest (whose import hook takes test_*.py for a test module and sits in between): a user's script.
+    script = tmp_path / 'user_script.py'
+    script.write_text('import sys\nimport mislas_timm\nsys.modules.pop("mislas_timm.data.test_shift", None)\n'
+                      'from mislas_timm.data.test_shift import shifted_test_counts\n')
+    result = subprocess.run([sys.executable, '-W', 'always::DeprecationWarning', str(script)], capture_output=True,
+                            text=True, env=ENV, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f'{script}:4: DeprecationWarning: mislas_timm.data.test_shift is deprecated: import from ' \
+           'mislas_timm.data.label_shift' in result.stderr, result.stderr[-2000:]
+    assert alias.__all__ == label_shift.__all__ and 'deprecated' in alias.__doc__.splitlines()[0].lower()
+    for name in label_shift.__all__:
+        assert getattr(alias, name) is getattr(label_shift, name), name

@@ -641,3 +641,36 @@ def test_output_dir_that_cannot_hold_a_run(tiny_config_file, tmp_path):
     one_line_error(train('--config', tiny_config_file, '--output-dir', out, check=False),
                    f'--output-dir {out}: cannot write in {locked}', 'pass a folder you can write to')
     assert not out.exists() and not any(p.name.startswith('.mislas-write-check') for p in locked.iterdir())
+
+
+# The names other modules, tests, benchmarks and README import from mislas_timm.training (once one module).
+FORMER_TRAINING_NAMES = {
+    'data': ['TrainData', 'load_data', 'DECODE_CHECK_PIXELS', '_training_view'],
+    'model': ['build_model', '_check_arch', '_apply_data_cfg'],
+    'checkpoints': ['Checkpointer', 'checkpoint_exists', 'recover_checkpoint', 'stage_recipe', 'check_same_recipe',
+                    'check_resume_settings', 'check_resumable', '_stage_done'],
+    'progress': ['StageProgress'],
+    'loop': ['TrainingError', 'StageSpec', 'lr_multiplier', 'loss_problem', 'start_problem', '_freeze_except',
+             '_train_stage', '_stage1', '_stage2'],
+    'run': ['run_training', 'check_output_dir', '_resolve_runtime', '_setup_logging'],
+}
+
+
+def test_training_is_a_package_of_small_modules_keeping_the_old_names():
+    """mislas_timm.training (data, model, checkpoints, progress, loop, run): each module under 600 lines, every
+    former name still importable from the package as the submodule's own object, one log for all of them."""
+    import importlib
+    import logging
+
+    import mislas_timm.training as training
+    folder = Path(training.__file__).parent
+    sizes = {p.name: len(p.read_text().splitlines()) for p in folder.glob('*.py')}
+    assert set(sizes) == {'__init__.py', *(f'{m}.py' for m in FORMER_TRAINING_NAMES)}, sizes
+    assert max(sizes.values()) <= 600, sizes
+    for module, names in FORMER_TRAINING_NAMES.items():
+        sub = importlib.import_module(f'mislas_timm.training.{module}')
+        for name in names:
+            assert getattr(training, name) is getattr(sub, name), f'{module}.{name}'
+        if hasattr(sub, 'logger'):
+            assert sub.logger is logging.getLogger('mislas_timm.train'), module  # train.log's lines, as before
+    assert set(training.__all__) <= set(dir(training))

@@ -1,6 +1,6 @@
 """Long-tail views, samplers and Hugging Face data set adapters."""
 from .longtail import class_counts, longtail_counts, longtail_indices, longtail_view, split_sha256, validation_split
-from .test_shift import shifted_test_counts, shifted_test_indices
+from .label_shift import shifted_test_counts, shifted_test_indices
 from .sampler import ClassAwareSampler, InstanceSampler, class_aware_sequence
 
 __all__ = ['ClassAwareSampler', 'InstanceSampler', 'class_aware_sequence', 'class_counts',
