@@ -21,6 +21,8 @@ from mislas_timm.initialization import resolve_start
 from mislas_timm.sources import shipped_folder
 from mislas_timm.training import build_model
 
+from .test_training import one_line_error
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', OMP_NUM_THREADS='1')
 TAG = 'resnet32_cifar.cifar10_lt_if100_mislas'
@@ -147,25 +149,16 @@ def run_cli(*args, env=ENV, module=False):
                           cwd=ROOT, timeout=600)
 
 
-def one_line(result, *needles):
-    assert result.returncode == 2, result.stderr[-2000:]
-    err = result.stderr.strip()
-    assert 'Traceback' not in err and err.count('\n') == 0, err
-    for needle in needles:
-        assert needle in err, err
-    return err
-
-
 @pytest.mark.slow  # three starts of train.py
 def test_unknown_source_is_one_line_before_the_data_and_writes_nothing(tmp_path):
     """The data set does not exist either: the source is checked first, and nothing is written."""
     out = tmp_path / 'out'
-    one_line(run_cli('--preset', 'finetune', '--init', 'resnet32_cifar.no_such_tag', '--dataset', tmp_path / 'nowhere',
+    one_line_error(run_cli('--preset', 'finetune', '--init', 'resnet32_cifar.no_such_tag', '--dataset', tmp_path / 'nowhere',
                      '--output-dir', out), '--init', "'resnet32_cifar.no_such_tag'")
-    one_line(run_cli('--preset', 'finetune', '--init', 'hf-hub:nobody/nothing', '--dataset', tmp_path / 'nowhere',
+    one_line_error(run_cli('--preset', 'finetune', '--init', 'hf-hub:nobody/nothing', '--dataset', tmp_path / 'nowhere',
                      '--output-dir', out, env=dict(ENV, HF_HUB_CACHE=str(tmp_path / 'empty-cache'))),
              '--init', 'hf-hub:nobody/nothing')
-    one_line(run_cli('--preset', 'finetune', '--dataset', tmp_path / 'nowhere', '--output-dir', out, module=True),
+    one_line_error(run_cli('--preset', 'finetune', '--dataset', tmp_path / 'nowhere', '--output-dir', out, module=True),
              'no architecture of its own', '--init SOURCE', '--model ARCH')
     assert not out.exists()
 
