@@ -4,7 +4,7 @@
 
 RUNS holds the run folders of ``benchmarks/paper_runs.sh`` (the full-recipe CIFAR-10-LT IF100
 ResNet-32 runs). Every post-hoc method is fitted on the validation split its model's training run
-held out (``mislas_timm.calibrate.fit_on_validation``) and folded into the final linear layer;
+held out (``mislas_timm.calibration.fit_on_validation``) and folded into the final linear layer;
 the test split is only measured. One prediction pass per model over the full test split gives the
 balanced columns and, by subsetting its logits, the forward-50 and backward-50 test distributions
 (``mislas_timm.evaluate_shifts``). Rows whose run folder does not exist yet are listed as missing.
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import mislas_timm
-from mislas_timm.calibrate import fit_on_validation
+from mislas_timm.calibration import fit_on_validation
 
 # (row, run folder under RUNS, post-hoc method or None)
 ROWS = (

@@ -18,6 +18,10 @@ The equations live in the docstrings of :func:`fit_temperature` (temperature sca
 the validation NLL; both taus are chosen on validation accuracy over a grid (see
 :func:`class_mean_accuracy`). Every ``fold_*`` returns a NEW model (deep copy); the input is left
 untouched. Every function refuses bad input with a one-line ``ValueError`` that names the fix.
+
+:func:`fit_on_validation` runs a method on a model's own held-out validation split, rebuilt from its
+config.json and checked against the recorded checksum: the logic of ``python -m mislas_timm.calibrate``
+(whose command line lives in :mod:`mislas_timm.cli.calibrate`).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import copy
 import math
 from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -39,6 +44,8 @@ __all__ = [
     'tau_norm_weights', 'tau_norm_logits', 'fit_tau_norm', 'fold_tau_norm',
     'log_prior', 'adjust_logits', 'fit_logit_adjustment', 'fold_logit_adjustment',
     'predict_features', 'calibrate_model',
+    'CalibrationError', 'require_validation_record', 'validation_indices', 'warn_encodings',
+    'fit_on_validation',
 ]
 
 METHODS = ('temperature', 'tau_norm', 'logit_adjust')
@@ -468,3 +475,108 @@ def calibrate_model(model: nn.Module, method: str, features: Any, labels: Any,
     tau = fit_logit_adjustment(logits, labels, class_counts, grid)
     return fold_logit_adjustment(model, class_counts, tau), {'method': method, 'tau': tau, 'grid': grid,
                                                              'selected_by': 'class-mean validation top-1'}
+
+
+# ---------------------------------------------------------------------------------------------
+# fitting on the validation split a model's training run held out (what `python -m mislas_timm.calibrate`
+# runs; the command line itself is mislas_timm/cli/calibrate.py)
+
+class CalibrationError(ValueError):
+    """A calibration run refused for a reason the user can act on (the message names it)."""
+
+
+def require_validation_record(mislas: Dict[str, Any]) -> None:
+    """Refuse a model whose config.json records no held-out validation split."""
+    source = mislas.get('val_source')
+    if source and source != 'held out of the training split':
+        raise CalibrationError(f'this model\'s validation images came from {source}; calibrate fits only on a '
+                               'split held out of a long-tail view (longtail.val_per_class), which it rebuilds from '
+                               'config.json: fit with mislas_timm.calibration on your own validation logits instead')
+    if not mislas.get('val_sha256') or not mislas.get('val_per_class'):
+        raise CalibrationError('this model was trained without a held-out validation split (config.json mislas has '
+                               'no val_sha256 / val_per_class); retrain with --set longtail.val_per_class=20 (the '
+                               'presets\' default) so that post-hoc calibration has a split other than the test '
+                               'split to fit on')
+
+
+def validation_indices(train_labels: Sequence[int], mislas: Dict[str, Any], num_classes: int) -> np.ndarray:
+    """The validation indices (into the training split) a training run held out, rebuilt from its
+    config.json ``mislas`` block and checked against the recorded ``val_sha256``.
+
+    Long-tail view: ``longtail_counts(n_max, K, imb_factor, profile)`` with n_max = ``mislas['n_max']``
+    when recorded, else the largest class of the training split (the presets' default), then
+    ``longtail_indices(labels, counts, data_seed)``; then ``validation_split(labels, kept,
+    val_per_class, data_seed)``. Without ``imb_factor`` the view is the whole training split.
+    """
+    from .data.longtail import longtail_view, split_sha256
+
+    require_validation_record(mislas)
+    try:
+        _, val = longtail_view(train_labels, num_classes, mislas.get('imb_factor'), mislas.get('profile') or 'exp',
+                               int(mislas.get('data_seed') or 0), mislas.get('n_max'), int(mislas['val_per_class']))
+    except ValueError as err:
+        raise CalibrationError(f'cannot rebuild the validation split from this training split: {err}') from None
+    found = split_sha256(val)
+    if found != mislas['val_sha256']:
+        raise CalibrationError(f'the rebuilt validation split (sha256 {found[:12]}...) is not the one the model '
+                               f'recorded ({str(mislas["val_sha256"])[:12]}...): pass the training data set the model '
+                               f'was trained on (it recorded {mislas.get("dataset")!r}) and its training split '
+                               '(--split-train)')
+    return val
+
+
+def warn_encodings(model, model_name: str, dataset: str, encodings: Dict[str, str]) -> None:
+    """An ``EncodingMismatchWarning`` for each encoding in ``encodings`` (split -> encoding of its images)
+    that differs from the one the model recorded training on, naming the splits that hold it."""
+    import warnings
+
+    from .data.encoding import EncodingMismatchWarning, encoding_mismatch
+
+    splits_of: Dict[str, list] = {}
+    for split, encoding in encodings.items():
+        splits_of.setdefault(encoding, []).append(split)
+    for encoding, splits in splits_of.items():
+        where = f'{dataset} ({" and ".join(splits)} split{"s" if len(splits) > 1 else ""})'
+        problem = encoding_mismatch(model, encoding, model_name, where)
+        if problem:
+            warnings.warn(f'{problem}: what is fitted and measured on that copy is not what the images it was '
+                          'trained on give; calibrate it on those', EncodingMismatchWarning, stacklevel=2)
+
+
+def fit_on_validation(model, method: str, dataset: str, *, split_train: str = 'train',
+                      image_column: Optional[str] = None, label_column: Optional[str] = None,
+                      batch_size: int = 500, bias_mode: str = 'scale', train=None):
+    """Fit ``method`` on the validation split the model's training run held out (rebuilt from its
+    config.json and checked against the recorded sha256) and fold it into the final linear layer.
+
+    Returns (calibrated model, fitted values, validation indices, (validation features, labels)).
+    The test split is never touched here. ``train``: the training split when already loaded (else it
+    is loaded from ``dataset``). A model recorded as trained on images stored otherwise than the
+    training split's gets an ``EncodingMismatchWarning`` naming both (the fit would not be its own).
+    """
+    from .data.encoding import image_encoding, recorded_encoding
+    from .data.hf import labels_of, load_split, resolve_columns
+    from .evaluation import eval_loader, model_label
+
+    mislas = dict(getattr(model, 'mislas_config', {}) or {})
+    num_classes = int(model.get_classifier().out_features)
+    require_validation_record(mislas)
+    if method == 'logit_adjust' and len(mislas.get('class_counts') or []) != num_classes:
+        raise CalibrationError(f'logit adjustment needs the training class counts of all {num_classes} '
+                               'classes, but config.json mislas.class_counts is missing or the wrong length; '
+                               're-save the model with them')
+    if train is None:
+        train = load_split(dataset, split_train)
+    image_column, label_column = resolve_columns(train, image_column, label_column)
+    if recorded_encoding(model):
+        warn_encodings(model, model_label(model), dataset, {split_train: image_encoding(train, image_column)})
+    labels = labels_of(train, label_column)
+    if labels and max(labels) >= num_classes:
+        raise CalibrationError(f'the data set has labels up to {max(labels)} but the model has {num_classes} '
+                               'classes; pass the data set the model was trained on (check --label-column)')
+    val_idx = validation_indices(labels, mislas, num_classes)
+    loader = eval_loader(model, train.select(val_idx.tolist()), image_column, label_column, batch_size)
+    features, _, val_labels = predict_features(model, loader)
+    new, fitted = calibrate_model(model, method, features, val_labels, mislas.get('class_counts'),
+                                  bias_mode=bias_mode)
+    return new, fitted, val_idx, (features, val_labels)

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / 'mislas_timm'
 # directly or through another module.
 LOW = ('mislas_timm.models', 'mislas_timm.heads', 'mislas_timm.losses', 'mislas_timm.metrics', 'mislas_timm.data',
        'mislas_timm.stage2', 'mislas_timm.plots')
-HIGH = ('mislas_timm.hub', 'mislas_timm.zoo', 'mislas_timm.training', 'mislas_timm.demo', 'mislas_timm.evaluate',
+HIGH = ('mislas_timm.cli', 'mislas_timm.hub', 'mislas_timm.zoo', 'mislas_timm.training', 'mislas_timm.demo', 'mislas_timm.evaluate',
         'mislas_timm.calibrate')
 
 
