@@ -496,6 +496,7 @@ def _check_consistency(cfg: TrainConfig) -> None:
         problems.append('config key stage2.las_power: null, but las_shape exp needs a power > 0; '
                         'set stage2.las_power=...')
     problems += _smoothing_candidates_problems(cfg)
+    problems += _validation_is_not_test_problems(cfg)
     # Null input_size / mean / std are the model's, filled in when the run starts
     # (mislas_timm.initialization.resolve_start); the values given must agree with each other.
     d = cfg.data
@@ -525,6 +526,18 @@ def has_validation_split(cfg: TrainConfig) -> bool:
     d = cfg.dataset
     held_out = cfg.longtail.val_per_class if cfg.longtail is not None else d.val_per_class
     return bool(held_out or d.val_split or d.val_list)
+
+
+def _validation_is_not_test_problems(cfg: TrainConfig) -> List[str]:
+    """The validation split, where post-hoc methods and stage 2's smoothing are chosen, must not be the test split."""
+    d = cfg.dataset
+    problems = []
+    if d.val_split is not None and d.val_split == d.test_split:
+        problems.append(f'config key dataset.val_split: {d.val_split!r} is also the test split; choices made on it '
+                        'would be made on the test split: name another split or use dataset.val_per_class')
+    if d.val_list is not None and d.val_list == d.test_list:
+        problems.append(f'--val-list {d.val_list} is also the --test-list; pass a validation list of its own')
+    return problems
 
 
 def _smoothing_candidates_problems(cfg: TrainConfig) -> List[str]:

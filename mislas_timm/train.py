@@ -94,6 +94,10 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
             set_value(cfg, key, value)
     if args.init is not None and args.model is None:
         set_value(cfg, 'model.arch', None)  # the source's architecture, not the preset's
+    if (cfg.get('model') or {}).get('trunk_weights') and (args.init is not None or args.stage == '2'):
+        # A preset's trunk_weights (Places-LT) names stage 1's starting weights: an explicit --init wins, and a
+        # --stage 2 run starts from OUT/stage1 (or --init), never from the preset's ImageNet trunk.
+        set_value(cfg, 'model.trunk_weights', None)
     # --set last: an explicit --set wins over the flags.
     return parse_config(apply_overrides(cfg, args.overrides))
 

@@ -75,3 +75,15 @@ def test_init_flag_sets_model_init_and_takes_the_architecture_from_the_source():
     assert cfg.model.init == 'a/b' and cfg.model.arch == 'resnet56_cifar'  # --model: that model, from the shared tensors
     cfg = train.build_config(train.parse_args(['--preset', 'finetune', '--output-dir', 'x', '--model', 'resnet20_cifar']))
     assert cfg.model.init is None and cfg.model.arch == 'resnet20_cifar'  # the same recipe from scratch
+
+
+def test_places_preset_trunk_weights_do_not_become_stage2s_model():
+    from mislas_timm.train import build_config, parse_args
+
+    stage2 = build_config(parse_args(['--preset', 'places-lt-r152', '--stage', '2', '--output-dir', 'x']))
+    assert stage2.model.init is None and stage2.model.trunk_weights is None
+    explicit = build_config(parse_args(['--preset', 'places-lt-r152', '--stage', '2', '--init', 'runs/p/stage1',
+                                        '--output-dir', 'x']))
+    assert explicit.model.init == 'runs/p/stage1'
+    stage1 = build_config(parse_args(['--preset', 'places-lt-r152', '--output-dir', 'x']))
+    assert stage1.model.init == 'resnet152.tv_in1k'

@@ -228,3 +228,13 @@ def test_misspelled_base_preset_suggests_the_closest_name(tmp_path):
     path.write_text('base: cifar10-lt-if1000\n')
     with pytest.raises(ConfigError, match="did you mean 'cifar10-lt-if100'"):
         load_config_file(str(path))
+
+
+def test_the_validation_split_may_not_be_the_test_split():
+    cfg = load_preset('finetune')
+    cfg['model']['arch'] = 'resnet32_cifar'
+    with pytest.raises(ConfigError, match='also the test split'):
+        parse_config(apply_overrides(cfg, ['dataset.val_split=test']))
+    with pytest.raises(ConfigError, match='also the --test-list'):
+        parse_config(apply_overrides(cfg, ['dataset.val_list=a.txt', 'dataset.test_list=a.txt',
+                                           'dataset.val_split=null']))
