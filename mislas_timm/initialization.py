@@ -34,7 +34,7 @@ import torch
 
 from .config import ConfigError, TrainConfig, parse_config
 from .hub import load_model
-from .sources import SourceError, resolve_source
+from .sources import SourceError, _one_line, resolve_source
 from .stage2 import classifier_path
 
 __all__ = ['InitSource', 'load_source', 'inspect_source', 'weights_file', 'file_sha256', 'resolve_start',
@@ -68,11 +68,6 @@ class InitSource:
     shapes: Dict[str, Tuple[int, ...]]         # state-dict tensor shapes
     weights_file: Optional[str]
     sha256: Optional[str]
-
-
-def _one_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return f'{type(err).__name__}: {lines[0]}' if lines else type(err).__name__
 
 
 def load_source(source: str, key: str = '--init') -> torch.nn.Module:
@@ -178,9 +173,19 @@ def _arch_cfg(arch: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     return dict(timm.create_model(arch, pretrained=False, **kwargs).pretrained_cfg)
 
 
-def _check_arch(arch: str) -> None:
+def _refuse_kept_classifier(m, source_classes: int, data_classes: int) -> None:
+    """model.keep_classifier=true cannot keep a classifier of another class count."""
+    if m.keep_classifier and source_classes != data_classes:
+        raise ConfigError(f'config key model.keep_classifier=true, but {m.init} has {source_classes} classes and '
+                          f'the data {data_classes}; drop model.keep_classifier to re-initialise the classifier')
+
+
+def check_arch(arch: Optional[str]) -> None:
+    """``model.arch`` names a registered timm model (checked before any work)."""
     import timm
 
+    if arch is None:
+        raise ConfigError('config key model.arch is null: pass --init SOURCE or --model ARCH')
     if not timm.is_model(arch):
         raise ConfigError(f'config key model.arch: unknown model {arch!r}; pass a timm model name '
                           '(see timm.list_models())')
@@ -226,7 +231,7 @@ def resolve_start(cfg: TrainConfig, stage: str, out: Path) -> Tuple[TrainConfig,
             raise ConfigError(f'preset {cfg.preset!r} has no architecture of its own: pass --init SOURCE (the '
                               'pretrained model to fine-tune) or --model ARCH (the same recipe from scratch)')
         arch = start.arch
-    _check_arch(arch)
+    check_arch(arch)
     updates: Dict[str, Any] = {'arch': arch}
     if m.init and start is not None:
         if m.init_sha256 and start.sha256 and m.init_sha256 != start.sha256:
@@ -257,9 +262,8 @@ def _check_stage1_source(cfg: TrainConfig, start: InitSource, arch: str, key: st
             notes.append(f'{key}: {arch} starts from the {len(shared)} tensors it shares with {m.init} ({start.arch}); '
                          'the others keep their initialisation')
     n = cfg.dataset.num_classes
-    if m.keep_classifier and n is not None and n != start.num_classes:
-        raise ConfigError(f'config key model.keep_classifier=true, but {m.init} has {start.num_classes} classes and '
-                          f'the data {n}; drop model.keep_classifier to re-initialise the classifier')
+    if n is not None:
+        _refuse_kept_classifier(m, start.num_classes, n)
 
 
 def _data_from_model(cfg: TrainConfig, start: Optional[InitSource], arch: str,
@@ -322,9 +326,7 @@ def load_init_weights(model: torch.nn.Module, cfg: TrainConfig, label_names: Seq
     source_labels = source_cfg.get('label_names')
     source_count = int(getattr(source, 'num_classes', None) or source_cfg.get('num_classes') or 0)
     why = _classes_differ(source_labels, source_count, label_names)
-    if m.keep_classifier and source_count != len(label_names):
-        raise ConfigError(f'config key model.keep_classifier=true, but {m.init} has {source_count} classes and the '
-                          f'data {len(label_names)}; drop model.keep_classifier to re-initialise the classifier')
+    _refuse_kept_classifier(m, source_count, len(label_names))
     reinit = m.keep_classifier is False or (m.keep_classifier is None and why is not None)
     own = model.state_dict()
     source_state = source.state_dict()

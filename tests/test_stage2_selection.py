@@ -39,20 +39,9 @@ KILL_SCRIPT = textwrap.dedent('''
 
 
 @pytest.fixture(scope='module')
-def config_file(tmp_path_factory, tiny_dataset_dir) -> Path:
-    path = tmp_path_factory.mktemp('cfg') / 'tiny.yaml'
-    path.write_text(f"""
-base: _cifar_lt
-dataset: {{source: {tiny_dataset_dir}, num_classes: 4}}
-longtail: {{imb_factor: 10, val_per_class: 20}}
-model: {{arch: resnet20_cifar}}
-data: {{input_size: [3, 16, 16], eval_batch_size: 64}}
-groups: {{rank_split: [1, 3]}}
-runtime: {{mixed_precision: 'no'}}
-stage1: {{epochs: 2, batch_size: 16, warmup_epochs: 1, schedule: cosine, milestones: []}}
-stage2: {{epochs: 2, batch_size: 16, shift_bn: true}}
-""")
-    return path
+def config_file(tiny_config_file) -> Path:
+    """conftest's tiny CIFAR-LT config: it already holds out longtail.val_per_class (20) validation images."""
+    return tiny_config_file
 
 
 def train(*args, script=None, env=None, check=True):

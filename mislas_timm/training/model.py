@@ -1,12 +1,12 @@
 """Stage 1's model: the timm architecture, started from ``model.init``, with the run's preprocessing."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List
 
 import torch
 
-from ..config import ConfigError, TrainConfig
-from ..initialization import load_init_weights
+from ..config import TrainConfig
+from ..initialization import check_arch as _check_arch, load_init_weights
 
 __all__ = ['build_model']
 
@@ -26,16 +26,6 @@ def build_model(cfg: TrainConfig, num_classes: int, label_names: List[str]) -> t
             model.pretrained_cfg = model.default_cfg = source_cfg
     _apply_data_cfg(model, cfg, label_names)
     return model
-
-
-def _check_arch(arch: Optional[str]) -> None:
-    import timm
-
-    if arch is None:
-        raise ConfigError('config key model.arch is null: pass --init SOURCE or --model ARCH')
-    if not timm.is_model(arch):
-        raise ConfigError(f'config key model.arch: unknown model {arch!r}; pass a timm model name '
-                          '(see timm.list_models())')
 
 
 def _apply_data_cfg(model: torch.nn.Module, cfg: TrainConfig, label_names: List[str]) -> None:
