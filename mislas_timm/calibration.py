@@ -45,7 +45,7 @@ __all__ = [
     'log_prior', 'adjust_logits', 'fit_logit_adjustment', 'fold_logit_adjustment',
     'predict_features', 'calibrate_model',
     'CalibrationError', 'require_validation_record', 'validation_indices', 'warn_encodings',
-    'fit_on_validation',
+    'held_out_validation', 'fit_on_validation',
 ]
 
 METHODS = ('temperature', 'tau_norm', 'logit_adjust')
@@ -543,6 +543,36 @@ def warn_encodings(model, model_name: str, dataset: str, encodings: Dict[str, st
                           'trained on give; calibrate it on those', EncodingMismatchWarning, stacklevel=2)
 
 
+def held_out_validation(model, dataset, *, split_train: str = 'train', image_column: Optional[str] = None,
+                        label_column: Optional[str] = None, train=None):
+    """The validation images the model's training run held out of ``split_train`` of ``dataset``,
+    rebuilt from its config.json and checked against the recorded ``val_sha256``.
+
+    Returns (the held-out rows as a ``datasets.Dataset``, their indices into the training split, image
+    column, label column). ``train``: the training split when already loaded. A model recorded as
+    trained on images stored otherwise than the training split's gets an ``EncodingMismatchWarning``
+    naming both. Refused in one line (CalibrationError) when the model recorded no such split or the
+    rebuilt one differs from it."""
+    from .data.encoding import image_encoding, recorded_encoding
+    from .data.hf import labels_of, load_split, resolve_columns
+    from .evaluation import model_label
+
+    mislas = dict(getattr(model, 'mislas_config', {}) or {})
+    num_classes = int(model.get_classifier().out_features)
+    require_validation_record(mislas)
+    if train is None:
+        train = load_split(dataset, split_train)
+    image_column, label_column = resolve_columns(train, image_column, label_column)
+    if recorded_encoding(model):
+        warn_encodings(model, model_label(model), str(dataset), {split_train: image_encoding(train, image_column)})
+    labels = labels_of(train, label_column)
+    if labels and max(labels) >= num_classes:
+        raise CalibrationError(f'the data set has labels up to {max(labels)} but the model has {num_classes} '
+                               'classes; pass the data set the model was trained on (check --label-column)')
+    val_idx = validation_indices(labels, mislas, num_classes)
+    return train.select(val_idx.tolist()), val_idx, image_column, label_column
+
+
 def fit_on_validation(model, method: str, dataset: str, *, split_train: str = 'train',
                       image_column: Optional[str] = None, label_column: Optional[str] = None,
                       batch_size: int = 500, bias_mode: str = 'scale', train=None):
@@ -554,9 +584,7 @@ def fit_on_validation(model, method: str, dataset: str, *, split_train: str = 't
     is loaded from ``dataset``). A model recorded as trained on images stored otherwise than the
     training split's gets an ``EncodingMismatchWarning`` naming both (the fit would not be its own).
     """
-    from .data.encoding import image_encoding, recorded_encoding
-    from .data.hf import labels_of, load_split, resolve_columns
-    from .evaluation import eval_loader, model_label
+    from .evaluation import eval_loader
 
     mislas = dict(getattr(model, 'mislas_config', {}) or {})
     num_classes = int(model.get_classifier().out_features)
@@ -565,17 +593,9 @@ def fit_on_validation(model, method: str, dataset: str, *, split_train: str = 't
         raise CalibrationError(f'logit adjustment needs the training class counts of all {num_classes} '
                                'classes, but config.json mislas.class_counts is missing or the wrong length; '
                                're-save the model with them')
-    if train is None:
-        train = load_split(dataset, split_train)
-    image_column, label_column = resolve_columns(train, image_column, label_column)
-    if recorded_encoding(model):
-        warn_encodings(model, model_label(model), dataset, {split_train: image_encoding(train, image_column)})
-    labels = labels_of(train, label_column)
-    if labels and max(labels) >= num_classes:
-        raise CalibrationError(f'the data set has labels up to {max(labels)} but the model has {num_classes} '
-                               'classes; pass the data set the model was trained on (check --label-column)')
-    val_idx = validation_indices(labels, mislas, num_classes)
-    loader = eval_loader(model, train.select(val_idx.tolist()), image_column, label_column, batch_size)
+    val_ds, val_idx, image_column, label_column = held_out_validation(
+        model, dataset, split_train=split_train, image_column=image_column, label_column=label_column, train=train)
+    loader = eval_loader(model, val_ds, image_column, label_column, batch_size)
     features, _, val_labels = predict_features(model, loader)
     new, fitted = calibrate_model(model, method, features, val_labels, mislas.get('class_counts'),
                                   bias_mode=bias_mode)

@@ -485,3 +485,35 @@ def test_cli_warns_when_calibrating_on_a_copy_stored_otherwise(trained_folder, n
     assert calibrate_main([str(model), '--method', 'temperature', '--dataset', str(noisy_dataset_dir), '--out',
                            str(tmp_path / 'calibrated-png'), '--batch-size', '64']) == 0
     assert not capsys.readouterr().err.strip()
+
+
+def test_evaluate_held_out_measures_the_rebuilt_validation_split(trained_folder, noisy_dataset_dir, tmp_path, capsys):
+    """`evaluate --held-out`: the model's own validation rows (what models are chosen on), never the test
+    split; its numbers are those of the report computed directly on the rebuilt indices."""
+    import datasets
+
+    from mislas_timm.calibration import validation_indices
+    from mislas_timm.cli.evaluate import main as evaluate_main
+    from mislas_timm.evaluation import evaluate
+
+    out = tmp_path / 'val'
+    assert evaluate_main([str(trained_folder), '--dataset', str(noisy_dataset_dir), '--held-out', '--out', str(out),
+                          '--batch-size', '64']) == 0
+    report = json.loads((out / 'metrics.json').read_text())
+    recorded = json.loads((trained_folder / 'config.json').read_text())['mislas']
+    assert report['split'] == 'train[held-out]' and report['val_sha256'] == recorded['val_sha256']
+    assert report['num_samples'] == 4 * VAL_PER_CLASS
+
+    train = datasets.load_from_disk(str(noisy_dataset_dir))['train']
+    val = validation_indices(train['label'], recorded, 4)
+    direct = evaluate(mislas_timm.load_model(str(trained_folder)), train.select(val.tolist()), batch_size=64)
+    for key in ('top1', 'ece', 'nll', 'brier'):
+        assert report[key] == pytest.approx(direct[key], rel=1e-6, abs=1e-9), key
+    test = evaluate(mislas_timm.load_model(str(trained_folder)), str(noisy_dataset_dir), batch_size=64)
+    assert test['num_samples'] != report['num_samples']  # the test split is another set of images
+
+    # one line, before any work, for what --held-out cannot mean
+    capsys.readouterr()
+    assert evaluate_main([str(trained_folder), '--dataset', str(noisy_dataset_dir), '--held-out',
+                          '--test-imbalance', '10']) == 2
+    assert _one_line_error(capsys.readouterr().err).startswith('evaluate: error: --held-out evaluates')

@@ -3,11 +3,15 @@
     python -m mislas_timm.evaluate SOURCE --dataset PATH_OR_ID [--split test] [--out DIR]
     python -m mislas_timm.evaluate SOURCE --dataset PATH_OR_ID --test-imbalance 50 --test-profile backward
     python -m mislas_timm.evaluate SOURCE --dataset PATH_OR_ID --shift-table [50,25,10,5,2]
+    python -m mislas_timm.evaluate SOURCE --dataset PATH_OR_ID --held-out     # the model's own validation split
 
 SOURCE: a zoo name, a Hub folder, local-dir:PATH or hf-hub:ORG/NAME. The class groups use the
 training counts recorded in the model's config.json (``mislas.class_counts``). A model recorded as
 trained on images stored otherwise than the data set's (original pixels against a JPEG copy) is
-evaluated with a one-line warning naming both encodings. metrics.json's ``wall_time_s`` /
+evaluated with a one-line warning naming both encodings. --held-out evaluates the validation images
+the model's training run held out of the training split (--split names that split, default train),
+rebuilt from config.json and checked against its ``val_sha256``: the split to choose models,
+epochs and post-hoc steps on, never the test split. metrics.json's ``wall_time_s`` /
 ``images_per_s`` cover the whole evaluation, from reading the split to the report.
 
 Shifted test distributions (test-agnostic protocol of LADE / SADE): with --test-imbalance R > 1
@@ -71,7 +75,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('source', help='zoo name, Hub folder, local-dir:PATH or hf-hub:ORG/NAME')
     p.add_argument('--dataset', required=True, help='Hub id or local data set folder')
-    p.add_argument('--split', default='test', help='split to evaluate (default: test)')
+    p.add_argument('--split', help='split to evaluate (default: test; with --held-out: the training split the '
+                                   'validation images were held out of, default train)')
+    p.add_argument('--held-out', action='store_true',
+                   help="evaluate the validation images the model's training run held out (rebuilt from "
+                        'config.json, checked against its val_sha256)')
     p.add_argument('--out', help='folder for metrics.json and reliability.png (default: print only)')
     p.add_argument('--image-column', help='image column (default: img / image / ...)')
     p.add_argument('--label-column', help='label column (default: label / fine_label / ...)')
@@ -104,24 +112,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shifts = default_shifts(_ratios(args.shift_table)) if args.shift_table is not None else None
     except ValueError as err:
         return fail(err)
-    kwargs = dict(split=args.split, image_column=args.image_column, label_column=args.label_column,
+    if args.held_out and (shifts is not None or imbalance != 1):
+        return fail('--held-out evaluates the balanced validation split as it was held out; drop '
+                    '--test-imbalance / --shift-table')
+    split = args.split or ('train' if args.held_out else 'test')
+    kwargs = dict(split=split, image_column=args.image_column, label_column=args.label_column,
                   batch_size=args.batch_size, max_samples=args.max_samples)
     shift_reports = None
+    dataset = args.dataset
     try:
         model = load_model(args.source)
+        if args.held_out:
+            from ..calibration import held_out_validation
+
+            with one_line_warnings('evaluate'):
+                dataset, _, image_column, label_column = held_out_validation(
+                    model, args.dataset, split_train=split, image_column=args.image_column,
+                    label_column=args.label_column)
+            kwargs.update(split=None, image_column=image_column, label_column=label_column, dataset_name=args.dataset)
         with one_line_warnings('evaluate'):  # e.g. a model measured on a JPEG copy of its data: one line
             if shifts is not None:
                 main_name = shift_name(imbalance, args.test_profile)
                 if main_name not in {shift_name(r, prof) for r, prof in shifts}:
                     shifts.append((imbalance, args.test_profile))
-                shift_reports = evaluate_shifts(model, args.dataset, shifts, seed=args.test_seed, **kwargs)
+                shift_reports = evaluate_shifts(model, dataset, shifts, seed=args.test_seed, **kwargs)
                 report = shift_reports[main_name]
             else:
-                report = evaluate(model, args.dataset, test_imbalance=imbalance, test_profile=args.test_profile,
+                report = evaluate(model, dataset, test_imbalance=imbalance, test_profile=args.test_profile,
                                   test_seed=args.test_seed, **kwargs)
     except (HubError, DataError, ValueError) as err:
         return fail(err)
-    keys = ['top1', 'top5', 'ece', 'mce', 'nll', 'brier', 'num_samples']
+    if args.held_out:  # name what was measured: not a split of the data set but the rows held out of one
+        report.update(split=f'{split}[held-out]', val_sha256=model.mislas_config['val_sha256'])
+    keys = ['top1', 'top5', 'ece', 'mce', 'nll', 'brier', 'num_samples'] + (['split'] if args.held_out else [])
     if imbalance != 1:
         keys += ['test_imbalance', 'test_profile', 'test_seed', 'test_class_counts']
     print(json.dumps({k: report[k] for k in keys}, indent=2))
