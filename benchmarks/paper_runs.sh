@@ -7,7 +7,8 @@
 #
 # IF-mixup-s2-seedN (e.g. if10-mixup-s2-seed1) retrains only the MiSLAS stage 2 of IF-mixup with
 # training seed N, on the same stage 1: the spread of stage 2 over seeds; IF-mixup-seedN trains both
-# stages again with training seed N (the data seed, hence the kept images, stays 0).
+# stages again with training seed N (the data seed, hence the kept images, stays 0); if100-bsm-mixup-seedN
+# likewise for the Balanced Softmax run (issue 21's candidate recipe).
 # A NAME ending in -png runs the recipe of NAME without it (cRT / LWS start from if100-mixup-png); pass the PNG-exact CIFAR-10 of benchmarks/cifar10_png.py as
 # DATA_DIR (the JPEG copy and the PNG copy then differ in nothing but the compression).
 # CODE_DIR: a checkout frozen at one commit (git worktree add), so later edits do not change a
@@ -21,6 +22,8 @@ if [[ $recipe =~ ^if([0-9]+)-mixup-s2-seed([0-9]+)$ ]]; then  # stage-2 seed spr
         --set "seed=${BASH_REMATCH[2]}")
 elif [[ $recipe =~ ^if([0-9]+)-mixup-seed([0-9]+)$ ]]; then   # both stages again, seed N
   args=(--preset "cifar10-lt-if${BASH_REMATCH[1]}" --set "seed=${BASH_REMATCH[2]}")
+elif [[ $recipe =~ ^if100-bsm-mixup-seed([0-9]+)$ ]]; then   # the Balanced Softmax run of the table, seed N
+  args=(--preset cifar10-lt-if100 --set stage1.loss=balanced_softmax --set "seed=${BASH_REMATCH[1]}")
 else
 case "$recipe" in
   if100-mixup)  args=(--preset cifar10-lt-if100) ;;                                  # stage 1 mixup + MiSLAS stage 2

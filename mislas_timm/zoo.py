@@ -483,6 +483,9 @@ def _recipe_facts(model) -> Dict[str, Any]:
     # always compared: a fixed smoothing (None) is another recipe than one chosen among candidates
     facts['stage2_selection.candidates'] = ([[c['smooth_head'], c['smooth_tail']] for c in selected['candidates']]
                                             if selected else None)
+    # always compared: a post-hoc step (its value fitted per run on that run's validation split) is part of
+    # the recipe, so a calibrated model's seeds are the calibrated folders of the other runs
+    facts['posthoc.method'] = (meta.get('posthoc') or {}).get('method')
     return facts
 
 

@@ -311,6 +311,8 @@ def seed_data(tmp_path_factory):
                'seed0': _seed_folder(root / 'runs' / 's0' / 'stage2', 0, data),
                'smoothing': _seed_folder(root / 'runs' / 'eps' / 'stage2', 3, data, recipe=recipe),
                'data_seed': _seed_folder(root / 'runs' / 'ds' / 'stage2', 4, data, data_seed=1),
+               'posthoc': _seed_folder(root / 'runs' / 'ts' / 'stage2', 6, data,
+                                       posthoc={'method': 'temperature', 'temperature': 0.9}),
                'jpeg': _seed_folder(root / 'runs' / 'jpeg' / 'stage2', 5, data, image_encoding='JPEG quality 75')}
     return data, folders
 
@@ -401,10 +403,11 @@ def test_add_seed_runs_again_replaces_the_list(seed_data, zoo_copy):
                   r"recipe.smooth_head is 0.1 there but 0.3 in the shipped model; pass runs that differ in the "
                   r"training seed only"),
     ('data_seed', r"data_seed is 1 there but 0 in the shipped model"),
+    ('posthoc', r"posthoc.method is 'temperature' there but None in the shipped model"),
     ('seed0', r"runs/s0/stage2 has training seed 0, as .*resnet32_cifar.cifar10_lt_if100_mislas \(the shipped "
               r"model\): pass one run per seed"),
     ('seed1', r"runs/s1/stage2 has training seed 1, as .*runs/s1/stage2: pass one run per seed"),
-], ids=['other-smoothing', 'other-data-seed', 'shipped-seed', 'seed-twice'])
+], ids=['other-smoothing', 'other-data-seed', 'calibrated', 'shipped-seed', 'seed-twice'])
 def test_add_seed_runs_refuses_another_recipe_before_any_evaluation(seed_data, zoo_copy, bad, message):
     """One line naming the key and both values (or the seed), before the data set is even opened (it does not
     exist here), nothing written; a good run listed first is not evaluated either."""
