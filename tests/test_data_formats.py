@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mislas_timm.config import ConfigError, load_preset, parse_config, set_value
-from mislas_timm.data.hf import DataError, ImageClassificationView, labels_of, load_split
+from mislas_timm.data.hf import DataError, ImageClassificationView, SplitNotFound, labels_of, load_split
 from mislas_timm.data.longtail import longtail_view, split_sha256, stratified_holdout, validation_split
 from mislas_timm.training import load_data
 
@@ -152,6 +152,26 @@ def test_image_folder(tmp_path, with_test):
         assert data.class_counts == [4, 6, 5] and len(data.test) == 3 and 'test_sha256' not in data.meta
     else:  # 20% of each class held out: round(0.8), round(1.2), round(1.0)
         assert data.meta['test_counts'] == [1, 1, 1] and data.class_counts == [3, 5, 4]
+
+
+def test_image_folder_split_names_as_datasets_reads_them(tmp_path):
+    """Training/ and testing/ are the train and test splits (any case), asked for as train / test or by folder."""
+    root = tmp_path / 'bugs'
+    write_folder(root / 'Training', {'zebra': 5, 'ant': 4, 'moth': 6})
+    write_folder(root / 'testing', {'zebra': 2, 'ant': 1})
+    data = load_data(config(root))
+    assert data.label_names == ['ant', 'moth', 'zebra'] and data.class_counts == [4, 6, 5] and len(data.test) == 3
+    assert 'test_sha256' not in data.meta  # the testing/ folder, not a hold-out
+    assert_labels_match_images(data.test)
+    assert len(load_split(str(root), 'testing')) == 3
+    with pytest.raises(SplitNotFound) as err:
+        load_split(str(root), 'validation')
+    assert "has ['test', 'train']" in one_line(err)
+    write_folder(root / 'train', {'zebra': 1, 'ant': 1})
+    with pytest.raises(DataError) as err:
+        load_split(str(root), 'train')
+    message = one_line(err)
+    assert 'two folders for its train split' in message and 'Training/' in message and 'train/' in message
 
 
 def test_held_out_test_split(tmp_path, caplog):

@@ -174,8 +174,11 @@ def is_single_split(source: str) -> bool:
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pbm')
 # Files the ``datasets`` packaged builders read, besides images (a folder with these goes to ``datasets``).
 _TABLE_SUFFIXES = ('.parquet', '.arrow', '.csv', '.json', '.jsonl', '.tar')
-# The names a split folder of an image folder may have (``datasets``' own list, plus ``val``).
-_SPLIT_FOLDERS = ('train', 'training', 'test', 'testing', 'eval', 'evaluation', 'validation', 'valid', 'val', 'dev')
+# The names a split folder of an image folder may have, any case (``datasets``' own list, plus ``val``), and
+# the split each one is: ``training/`` is the train split as ``datasets`` reads it.
+_SPLIT_FOLDERS = {'train': 'train', 'training': 'train', 'test': 'test', 'testing': 'test', 'eval': 'test',
+                  'evaluation': 'test', 'validation': 'validation', 'valid': 'validation', 'val': 'validation',
+                  'dev': 'validation'}
 _FOLDER_HOLDS = ('parquet files (e.g. data/train-00000-of-00001.parquet and data/test-...), a save_to_disk folder, '
                  'or images in one folder per class (train/<class>/*.png, optionally test/<class>/*.png)')
 
@@ -232,17 +235,25 @@ def _image_folder_split(root: Path, split: str, source: str):
     top = _class_folders(root)
     split_folders = [d for d in top if d.name.lower() in _SPLIT_FOLDERS]
     if split_folders:
-        available = [d.name for d in split_folders]
-        if split not in available:
-            raise SplitNotFound(source, split, available)
-        folder, train_folder = root / split, root / 'train'
+        by_split: Dict[str, Path] = {}
+        for d in split_folders:
+            name = _SPLIT_FOLDERS[d.name.lower()]
+            if name in by_split:
+                raise DataError(f'image folder {root} has two folders for its {name} split, {by_split[name].name}/ '
+                                f'and {d.name}/: keep one')
+            by_split[name] = d
+        # a split is asked for by its name (train) or by its folder's (training/, Train/)
+        folder = by_split.get(split) or next((d for d in split_folders if d.name == split), None)
+        if folder is None:
+            raise SplitNotFound(source, split, list(by_split))
+        train_folder = by_split.get('train')
+        if train_folder is None:
+            raise DataError(f'image folder {root} has no train/ folder (it has {[d.name for d in split_folders]}): '
+                            'put the training images in train/<class>/*.png')
     else:
         if split != 'train':
             raise SplitNotFound(source, split, ['train'])
         folder = train_folder = root
-    if not train_folder.is_dir():
-        raise DataError(f'image folder {root} has no train/ folder (it has {[d.name for d in split_folders]}): '
-                        'put the training images in train/<class>/*.png')
     names = [d.name for d in _class_folders(train_folder)]
     loose = [f for f in folder.iterdir() if f.is_file() and _is_image(f)]
     if loose or not names:
