@@ -558,6 +558,15 @@ def test_stage_recipe_keeps_what_a_resume_must_not_change():
         check_same_recipe(started, other, 'stage1')
     assert str(err.value).startswith("--resume: model.init_sha256 is 'bbbbbbbbbbbb...' but stage1 was checkpointed "
                                      "with 'aaaaaaaaaaaa...'; resume with the settings")
+    # the same weights named another way (./a/run/stage1, an absolute path, a zoo tag) are the same start;
+    # without a recorded sha256 the name is all there is to compare
+    respelled = stage_recipe(parse_config(apply_overrides(raw, ['model.init=./a/run/stage1/',
+                                                                f'model.init_sha256={"a" * 64}'])), 'stage1', meta)
+    check_same_recipe(started, respelled, 'stage1')
+    unhashed = {k: v for k, v in started.items() if k != 'model.init_sha256'}
+    with pytest.raises(ConfigError, match="model.init is './a/run/stage1/' but stage1 was checkpointed with "
+                                          "'a/run/stage1'"):
+        check_same_recipe(unhashed, respelled, 'stage1')
 
 
 def snapshot(folder: Path) -> dict:

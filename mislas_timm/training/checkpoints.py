@@ -70,7 +70,8 @@ _RESUME_MAY_CHANGE = ('runtime.', 'dataset.source', 'dataset.data_root', 'datase
 def stage_recipe(cfg: TrainConfig, stage: str, data_meta: Dict[str, Any]) -> Dict[str, Any]:
     """The settings a checkpoint of ``stage`` (``stage1`` / ``stage2``) was trained with, flattened to
     ``section.key``: everything but the other stage's section and :data:`_RESUME_MAY_CHANGE` (so also
-    the model it started from, ``model.init``, and its weights' ``model.init_sha256``), plus which
+    the model it started from, ``model.init``, and its weights' ``model.init_sha256``, which wins where both
+    runs recorded it), plus which
     images it trained on (the kept indices' sha256, which --max-train-samples also changes, and the
     image encoding)."""
     other = 'stage2.' if stage == 'stage1' else 'stage1.'
@@ -100,6 +101,11 @@ def _recipe_differences(saved: Optional[Dict[str, Any]], current: Dict[str, Any]
     """The keys whose recorded value differs from the asked one: the configuration's first, then which
     images / weights it trained on. Only what was recorded: a key older code did not record is not compared."""
     changed = [k for k in (saved or {}) if saved[k] != current.get(k)]
+    # The weights a run started from are named by their sha256 where both recorded it: the same file spelled
+    # another way (a relative path, a zoo tag for a folder holding it) is the same start.
+    sha = (saved or {}).get('model.init_sha256')
+    if sha and sha == current.get('model.init_sha256') and 'model.init' in changed:
+        changed.remove('model.init')
     return sorted(changed, key=lambda k: ('.' not in k or k.endswith('sha256'), k))
 
 
