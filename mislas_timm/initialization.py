@@ -268,13 +268,15 @@ def _check_stage1_source(cfg: TrainConfig, start: InitSource, arch: str, key: st
 
 def _data_from_model(cfg: TrainConfig, start: Optional[InitSource], arch: str,
                      same_arch: bool) -> Tuple[Dict[str, Any], List[str]]:
-    """data.* keys the config leaves null (or ``auto``), from the source's pretrained_cfg or the architecture's."""
+    """data.* keys the config leaves null (or ``auto``): from the source's pretrained_cfg when the model is
+    the source's architecture, else from the default cfg of the architecture built (a trunk shared with
+    another architecture does not bring that one's input size)."""
     d = cfg.data
     missing = [k for k in _DATA_KEYS if getattr(d, k) is None]
     notes: List[str] = []
     updates: Dict[str, Any] = {}
     if missing:
-        if start is not None:
+        if start is not None and same_arch:
             model_cfg, where = start.pretrained_cfg, f'the source {start.source}'
         else:
             model_cfg, where = _arch_cfg(arch, cfg.model.kwargs), f'the default cfg of {arch}'

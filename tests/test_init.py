@@ -226,3 +226,22 @@ def test_init_from_a_timm_pretrained_name_through_an_offline_cache(tmp_path):
     assert got['transform'] == 'imagenet' and got['interpolation'] == timm_cfg.interpolation
     assert got['sha256'] == hashlib.sha256((snapshot / 'model.safetensors').read_bytes()).hexdigest()
     assert got['classes'] == 3
+
+
+def test_preprocessing_comes_from_the_source_only_for_its_own_architecture(tmp_path):
+    """data.mean / std / input_size left null: a source of the model's architecture brings its own (the
+    weights were trained on that preprocessing); a source of another architecture lends its shared tensors
+    only, and the model built keeps the default cfg of its architecture."""
+    from mislas_timm.hub import save_hub_folder
+
+    model = mislas_timm.load_model(TAG)
+    model.pretrained_cfg = dict(model.pretrained_cfg, mean=(0.5, 0.25, 0.125), std=(0.2, 0.2, 0.2))
+    source = save_hub_folder(model, tmp_path / 'grey-normalised', label_names=list(model.pretrained_cfg['label_names']))
+    own = resolve_start(finetune_config(f'model.init={source}'), '1', tmp_path / 'a')[0]
+    assert list(own.data.mean) == [0.5, 0.25, 0.125] and list(own.data.std) == [0.2, 0.2, 0.2]
+    other, _, notes = resolve_start(finetune_config(f'model.init={source}', 'model.arch=resnet20_cifar'), '1',
+                                    tmp_path / 'b')
+    default = timm.create_model('resnet20_cifar').pretrained_cfg
+    assert list(other.data.mean) == list(default['mean']) != [0.5, 0.25, 0.125]
+    assert list(other.data.input_size) == list(default['input_size'])
+    assert any('from the default cfg of resnet20_cifar' in n for n in notes), notes
