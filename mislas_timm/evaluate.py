@@ -13,6 +13,7 @@ the ``evaluate()`` function from :mod:`mislas_timm` or :mod:`mislas_timm.evaluat
 from __future__ import annotations
 
 import sys
+import types
 import warnings
 from typing import Any
 
@@ -28,6 +29,20 @@ def __getattr__(name: str) -> Any:
     warnings.warn(f'mislas_timm.evaluate.{name} moved to mislas_timm.cli.evaluate.{name}; import it from there '
                   '(python -m mislas_timm.evaluate stays supported)', DeprecationWarning, stacklevel=2)
     return getattr(cli, name)
+
+
+class _CallableAlias(types.ModuleType):
+    """Importing this submodule (``from mislas_timm.evaluate import main``, ``python -m``) makes Python rebind
+    the package attribute ``mislas_timm.evaluate``, the public ``evaluate()`` function, to this module; so
+    the module is callable as that function and ``mislas_timm.evaluate(model, data)`` works either way."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from .evaluation import evaluate
+
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableAlias
 
 
 if __name__ == '__main__':

@@ -153,6 +153,21 @@ def test_alias_names_warn_and_are_the_moved_objects(keep_package_evaluate):
         alias.no_such_name
 
 
+def test_importing_the_alias_keeps_the_package_evaluate_callable(keep_package_evaluate, tiny_model, tiny_dataset_dir):
+    """`from mislas_timm.evaluate import main` rebinds mislas_timm.evaluate to the module: it still evaluates."""
+    from mislas_timm.evaluation import evaluate
+
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)
+        from mislas_timm.evaluate import main  # noqa: F401
+    assert isinstance(mislas_timm.evaluate, type(sys))  # the module now, as Python binds it
+    model = mislas_timm.load_model(str(tiny_model))
+    via_alias = mislas_timm.evaluate(model, str(tiny_dataset_dir), batch_size=64)
+    direct = evaluate(model, str(tiny_dataset_dir), batch_size=64)
+    for key in ('top1', 'ece', 'nll', 'num_samples'):
+        assert via_alias[key] == direct[key], key
+
+
 def test_only_the_aliases_import_the_cli_package():
     importers = sorted(name for name, targets in GRAPH.items()
                        if not name.startswith('mislas_timm.cli') and any(t.startswith('mislas_timm.cli') for t in targets))
