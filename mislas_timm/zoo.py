@@ -279,15 +279,20 @@ def public_command(command: Optional[str], dataset_id: str = DATASET_ID) -> Opti
     args = shlex.split(command)
     if args and Path(args[0]).name == 'train.py':
         args = ['python', 'train.py'] + args[1:]
+    # python -m mislas_timm.calibrate SOURCE ...: its one positional argument is a model source
+    source_at = 3 if args[:3] == ['python', '-m', 'mislas_timm.calibrate'] else None
     out: List[str] = []
     replace_next = None
-    for arg in args:
+    for i, arg in enumerate(args):
         if replace_next is not None:
             out.append(replace_next(arg))
             replace_next = None
             continue
+        if i == source_at and not arg.startswith('-'):
+            out.append(_public_source(arg))
+            continue
         flag, eq, value = arg.partition('=')
-        handler = {'--dataset': lambda v: dataset_id, '--output-dir': _run_path,
+        handler = {'--dataset': lambda v: dataset_id, '--output-dir': _run_path, '--out': _run_path,
                    '--init': _public_source, '--set': _public_override,
                    **{f: lambda v: Path(v).name for f in _FILE_FLAGS}}.get(flag)
         if handler is not None and eq:
@@ -296,6 +301,17 @@ def public_command(command: Optional[str], dataset_id: str = DATASET_ID) -> Opti
             out.append(arg)
             replace_next = handler
     return ' '.join(shlex.quote(a) for a in out)
+
+
+def _public_posthoc(posthoc: Dict[str, Any], dataset_id: str) -> Dict[str, Any]:
+    """A ``mislas.posthoc`` record (and the ones before it) with its source and command made public."""
+    out = dict(posthoc)
+    if isinstance(out.get('source'), str):
+        out['source'] = _public_source(out['source'])
+    out['command'] = public_command(out.get('command'), dataset_id)
+    if isinstance(out.get('previous'), dict):
+        out['previous'] = _public_posthoc(out['previous'], dataset_id)
+    return out
 
 
 def public_meta(meta: Dict[str, Any], dataset_id: str = DATASET_ID, encoding: Optional[str] = None) -> Dict[str, Any]:
@@ -315,6 +331,8 @@ def public_meta(meta: Dict[str, Any], dataset_id: str = DATASET_ID, encoding: Op
     for key in ('source', 'init'):  # a local --init path must not end up in a published card
         if isinstance(out.get(key), str):
             out[key] = _public_source(out[key])
+    if isinstance(out.get('posthoc'), dict):  # python -m mislas_timm.calibrate's record: its paths too
+        out['posthoc'] = _public_posthoc(out['posthoc'], dataset_id)
     if isinstance(out.get('stage1'), dict):
         out['stage1'] = public_meta(out['stage1'], dataset_id)
         out['stage1'].pop('data_note', None)

@@ -219,3 +219,30 @@ def test_card_shows_the_training_seeds_when_there_are_two_or_more(folder):
     assert f'same {metrics["num_samples"]} images of the `test` split' in section and "seed 1's" in section
     assert 'One training run with one seed' not in card
     assert "- 3 training runs, seeds 0, 1, 2; the weights here are seed 1's." in card
+
+
+def test_card_of_a_calibrated_balanced_softmax_model_says_what_it_is(folder):
+    """A stage 1 trained with Balanced Softmax is not called cross-entropy, and a post-hoc step recorded by
+    python -m mislas_timm.calibrate is stated: its value, where it was fitted, and its command."""
+    from mislas_timm.hub.card import render_card
+
+    config = json.loads((folder / 'config.json').read_text())
+    metrics = json.loads((folder / 'metrics.json').read_text())
+    mislas = config['mislas']
+    mislas.update(stage=1, recipe={'epochs': 200, 'mixup_alpha': 1.0, 'loss': 'balanced_softmax'},
+                  command='python train.py --preset cifar10-lt-if100 --set stage1.loss=balanced_softmax')
+    plain = render_card(config, metrics, {})
+    assert 'Balanced Softmax' in plain and 'mixup (alpha 1.0)' in plain and 'cross-entropy' not in plain
+    assert 'post-hoc' not in plain
+    mislas['posthoc'] = {'method': 'temperature', 'temperature': 0.8125, 'num_val': 200, 'fitted_on': 'validation',
+                         'val_before': {'nll': 0.61, 'top1': 0.8}, 'val_after': {'nll': 0.55, 'top1': 0.8},
+                         'command': 'python -m mislas_timm.calibrate runs/bsm/stage1 --method temperature'}
+    card = render_card(config, metrics, {})
+    check_card_matches_metrics(card, metrics)
+    summary = card.split('\n# ', 1)[1].split('\n## ', 1)[0]
+    assert 'Then temperature scaling (T = 0.8125), fitted on the 200 held-out validation images' in summary
+    assert ('- post-hoc: temperature scaling, T = 0.8125, fitted on 200 validation images (validation NLL 0.6100 -> '
+            '0.5500), folded into the classifier') in card
+    commands = card.split('```bash\n', 1)[1].split('```', 1)[0].splitlines()
+    assert commands[-2:] == ['# post-hoc, fitted on the validation split',
+                             'python -m mislas_timm.calibrate runs/bsm/stage1 --method temperature']

@@ -222,6 +222,15 @@ def test_public_command_leaves_no_machine_path():
         assert zoo.public_meta({'source': source})['source'] == shown
         assert zoo.public_meta({'init': source})['init'] == shown  # the --init source of a fine-tuned stage 1
         assert zoo.public_meta({'stage1': {'init': source}})['stage1']['init'] == shown
+    # a calibrated model: python -m mislas_timm.calibrate's record (and one before it) keeps no machine path
+    calibrate = ('python -m mislas_timm.calibrate /home/u/runs/bsm/stage1 --method temperature --dataset /data/c10 '
+                 '--out /home/u/runs/bsm-ts')
+    posthoc = {'method': 'temperature', 'temperature': 0.9, 'source': '/home/u/runs/bsm/stage1', 'command': calibrate}
+    public = zoo.public_meta({'posthoc': dict(posthoc, previous=dict(posthoc))})['posthoc']
+    for record in (public, public['previous']):
+        assert record['source'] == 'runs/bsm/stage1' and record['temperature'] == 0.9
+        assert record['command'] == ('python -m mislas_timm.calibrate runs/bsm/stage1 --method temperature '
+                                     '--dataset uoft-cs/cifar10 --out runs/bsm-ts')
 
 
 # ----------------------------------------------------------------------------------------------

@@ -88,8 +88,11 @@ def _training_section(mislas: Dict[str, Any], command: str) -> list:
     lines += ['', '| stage | wall time | device | precision | recipe |', '|---|---|---|---|---|']
     for name, info in stages:
         lines += _stage_rows(name, info)
+    lines += _posthoc_lines(mislas)
+    posthoc_command = (mislas.get('posthoc') or {}).get('command')
+    after = ['# post-hoc, fitted on the validation split', posthoc_command] if posthoc_command else []
     lines += ['', 'Commands (run from a clone of mislas-timm; `--resume` continues a stopped run):', '',
-              '```bash', *_stage1_command(mislas), command, '```', '']
+              '```bash', *_stage1_command(mislas), command, *after, '```', '']
     return lines
 
 
@@ -141,12 +144,46 @@ def _default_summary(mislas: Dict[str, Any]) -> str:
                 f'{head} retrained on class-balanced batches with {loss}, shift-BN {shift}. The head is folded '
                 'into one linear layer, so this is an ordinary timm model.')
     if mislas.get('stage') == 1:
+        if recipe.get('loss') == 'balanced_softmax':
+            mixup = f' with mixup (alpha {recipe["mixup_alpha"]})' if recipe.get('mixup_alpha') else ''
+            return ('A long-tailed image classifier trained on instance-balanced batches with the Balanced Softmax '
+                    f'loss (Ren et al., NeurIPS 2020: the logits shifted by the log class prior in training only){mixup}; '
+                    'the MiSLAS stage 1 with that loss, no stage 2.')
         if recipe.get('mixup_alpha'):
             return (f'A long-tailed image classifier after MiSLAS stage 1 (Zhong et al., CVPR 2021): instance-balanced '
                     f'sampling, cross-entropy with mixup (alpha {recipe["mixup_alpha"]}); no stage 2.')
         return ('A long-tailed image classifier trained with plain cross-entropy on instance-balanced batches '
                 '(no mixup, no stage 2): the over-confident baseline MiSLAS improves on.')
     return 'A long-tailed image classifier (mislas-timm).'
+
+
+POSTHOC_NAMES = {'temperature': 'temperature scaling', 'tau_norm': 'tau-normalisation',
+                 'logit_adjust': 'post-hoc logit adjustment'}
+
+
+def _posthoc_value(posthoc: Dict[str, Any]) -> str:
+    return f'T = {posthoc["temperature"]:.4f}' if 'temperature' in posthoc else f'tau = {posthoc.get("tau")}'
+
+
+def posthoc_sentence(mislas: Dict[str, Any]) -> str:
+    """What a recorded post-hoc step did (``mislas.posthoc`` of python -m mislas_timm.calibrate), or ''."""
+    posthoc = mislas.get('posthoc') or {}
+    if not posthoc.get('method'):
+        return ''
+    return (f' Then {POSTHOC_NAMES.get(posthoc["method"], posthoc["method"])} ({_posthoc_value(posthoc)}), fitted on '
+            f'the {posthoc.get("num_val")} held-out validation images (never the test split) and folded into the '
+            'final linear layer, so this is an ordinary timm model.')
+
+
+def _posthoc_lines(mislas: Dict[str, Any]) -> list:
+    posthoc = mislas.get('posthoc') or {}
+    if not posthoc.get('method'):
+        return []
+    before, after = posthoc.get('val_before') or {}, posthoc.get('val_after') or {}
+    scores = (f' (validation NLL {before["nll"]:.4f} -> {after["nll"]:.4f})'
+              if 'nll' in before and 'nll' in after else '')
+    return [f'- post-hoc: {POSTHOC_NAMES.get(posthoc["method"], posthoc["method"])}, {_posthoc_value(posthoc)}, fitted '
+            f'on {posthoc.get("num_val")} validation images{scores}, folded into the classifier']
 
 
 def render_card(config: Dict[str, Any], metrics: Dict[str, Any], context: Dict[str, Any]) -> str:
@@ -185,7 +222,7 @@ def render_card(config: Dict[str, Any], metrics: Dict[str, Any], context: Dict[s
     lines = [
         '---', yaml.safe_dump(front, sort_keys=False).rstrip(), '---', '',
         f'# {title}', '',
-        context.get('summary') or _default_summary(mislas),
+        context.get('summary') or _default_summary(mislas) + posthoc_sentence(mislas),
         '',
         '## Results on the test split', '',
         f'Measured once, after the last epoch, on {metrics["num_samples"]} images of the '
