@@ -32,6 +32,7 @@ ROWS = (
     ('MiSLAS', 'if100-mixup/stage2', None),
     ('MiSLAS + temperature scaling', 'if100-mixup/stage2', 'temperature'),
     ('Balanced Softmax + mixup (stage 1)', 'if100-bsm-mixup/stage1', None),
+    ('Balanced Softmax + mixup + temperature scaling', 'if100-bsm-mixup/stage1', 'temperature'),
     ('Balanced Softmax + mixup, MiSLAS stage 2', 'if100-bsm-mixup/stage2', None),
 )
 SHIFTS = [(1.0, 'forward'), (50.0, 'forward'), (50.0, 'backward')]

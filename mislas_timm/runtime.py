@@ -124,15 +124,16 @@ def measure_bf16(model: torch.nn.Module, input_size: Sequence[int], batch_size: 
                  channels_last: bool = False, budget_s: float = 6.0) -> Bf16Measurement:
     """Time training steps of ``model`` (a copy in train mode) on the CPU in fp32 and in bf16 autocast.
 
-    Made to hold on a busy machine and to end near ``budget_s`` for any model: an fp32 + bf16 pair on
-    one image (untimed: it also pays the one-time kernel selection) bounds the cost of an image; the
-    batch is ``batch_size``, halved while a warm-up pair and one timed pair would not fit what is left,
-    but not below :data:`MIN_MEASURE_BATCH` (then: not measured). After an untimed pair at that batch,
-    fp32 and bf16 steps alternate, at least one pair and up to :data:`MEASURE_ROUNDS` while they fit;
-    the best step of each counts (a load that comes and goes slows both alike; the minimum filters it)."""
+    Made to hold on a busy machine and to end near ``budget_s`` after a first fp32 + bf16 pair on one
+    image (it pays the one-time kernel selection, which the training would pay in its first steps) for
+    any model: the next such pair (the best of up to three while a load spike would skip the
+    measurement) bounds the cost of an image; the batch is ``batch_size``, halved while a warm-up pair
+    and one timed pair would not fit what is left, but not below :data:`MIN_MEASURE_BATCH` (then: not
+    measured). After an untimed pair at that batch, fp32 and bf16 steps alternate, at least one pair and
+    up to :data:`MEASURE_ROUNDS` while they fit; the best step of each counts (a load that comes and goes
+    slows both alike; the minimum filters it)."""
     import copy
 
-    deadline = time.perf_counter() + budget_s
     probe = copy.deepcopy(model).train()
     if channels_last:
         probe = probe.to(memory_format=torch.channels_last)
@@ -142,7 +143,22 @@ def measure_bf16(model: torch.nn.Module, input_size: Sequence[int], batch_size: 
         return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
     one = batch_of(1)
-    per_image = _step_time(probe, one, bf16=False) + _step_time(probe, one, bf16=True)
+
+    def pair() -> float:
+        return _step_time(probe, one, bf16=False) + _step_time(probe, one, bf16=True)
+
+    # The first pair pays the one-time kernel selection, which the training's first steps would pay anyway:
+    # the budget starts after it (on a busy machine it took seconds). Any one pair can then be slowed many
+    # times over by the load: while the best pair so far says even the smallest batch would not fit, and
+    # another pair does, one more is timed (up to three), so a spike does not skip the measurement.
+    pair()
+    deadline = time.perf_counter() + budget_s
+    per_image = pair()
+    for _ in range(2):
+        left = deadline - time.perf_counter()
+        if 2 * MIN_MEASURE_BATCH * per_image <= left or per_image > left:
+            break
+        per_image = min(per_image, pair())
     batch = max(int(batch_size), MIN_MEASURE_BATCH)
     while batch > MIN_MEASURE_BATCH and 2 * batch * per_image > deadline - time.perf_counter():
         batch = max(batch // 2, MIN_MEASURE_BATCH)
