@@ -11,7 +11,7 @@ from each folder's metrics.json, never typed in.
     python -m mislas_timm.zoo                          # the README table (shipped models)
     python -m mislas_timm.zoo --verify PATH            # re-evaluate every shipped model, compare
     python -m mislas_timm.zoo build RUNS --dataset PATH [--only NAME ...]
-    python -m mislas_timm.zoo seeds NAME RUN_STAGE2_FOLDER [...] --dataset PATH   # other training seeds
+    python -m mislas_timm.zoo seeds NAME RUN_STAGE2_FOLDER [...] --dataset PATH [--keep-recorded]  # other seeds
 
 ``build`` turns train.py run folders (``RUNS/<run>/stage<N>``, see ``benchmarks/paper_runs.sh``)
 into publishable zoo folders: the zoo tag and Hub id in config.json, no path of the training
@@ -527,7 +527,7 @@ def _card_extra_limitations(folder: Path, entry: ZooEntry, meta: Dict[str, Any],
 
 
 def add_seed_runs(folder, runs: Sequence[str], dataset: str, dataset_id: str = DATASET_ID,
-                  entry: Optional[ZooEntry] = None) -> Dict[str, Any]:
+                  entry: Optional[ZooEntry] = None, keep_recorded: bool = False) -> Dict[str, Any]:
     """Record the same recipe trained with other training seeds in the zoo folder ``folder``: its
     metrics.json gets ``seed_runs`` (``[{seed, top1, ece, adaptive_ece, nll}, ...]``, fractions, sorted by
     seed: the folder's own weights from its metrics.json, each of ``runs`` measured with
@@ -538,7 +538,9 @@ def add_seed_runs(folder, runs: Sequence[str], dataset: str, dataset_id: str = D
     ``runs``: stage-2 Hub folders (or run folders) of the same recipe with other training seeds. Before any
     evaluation each is checked: another seed than the shipped one's and every other run's, the shipped model's
     recipe (:func:`recipe_difference`), trained on images stored like ``dataset``'s, and the split as large as
-    the one the shipped metrics were measured on. ``entry``: the zoo entry (default: the one config.json names)."""
+    the one the shipped metrics were measured on. ``entry``: the zoo entry (default: the one config.json names).
+    ``keep_recorded``: keep the entries already in ``seed_runs`` for seeds not among ``runs`` (their run
+    folders may be gone; they were measured the same way when recorded), instead of replacing the list."""
     from .data.hf import load_split
     from .evaluation import evaluate
     from .hub import HubError, check_card_matches_metrics, load_model, read_hub_config, render_card
@@ -570,6 +572,7 @@ def add_seed_runs(folder, runs: Sequence[str], dataset: str, dataset_id: str = D
 
     shipped = load(folder)
     seen = {meta['seed']: f'{folder} (the shipped model)'}
+    kept = [dict(r) for r in saved.get('seed_runs') or [] if r['seed'] != meta['seed']] if keep_recorded else []
     planned = []
     for run in runs:
         model = load(run)
@@ -594,6 +597,7 @@ def add_seed_runs(folder, runs: Sequence[str], dataset: str, dataset_id: str = D
                        f'{saved["num_samples"]}: pass the data set the shipped metrics came from')
 
     measured = [_seed_entry(meta['seed'], saved)]
+    measured += [r for r in kept if r['seed'] not in {seed for seed, _, _ in planned}]
     for seed, run, model in planned:
         measured.append(_seed_entry(seed, evaluate(model, dataset, split=split, dataset_name=dataset_id)))
     extra = _card_extra_limitations(folder, entry, meta, saved)
@@ -631,6 +635,9 @@ def main(argv=None) -> int:
                    help='stage-2 folder of the same recipe trained with another seed (runs/<run>/stage2)')
     s.add_argument('--dataset', required=True, help='the data set (local folder or Hub id) the shipped metrics '
                    'were measured on; each run is evaluated on its split')
+    s.add_argument('--keep-recorded', action='store_true',
+                   help='keep the seeds metrics.json already records (their run folders may be gone) and add or '
+                        're-measure the ones given; default: the list becomes the shipped seed and the given runs')
     args = parser.parse_args(argv)
     from .data.hf import DataError
     try:
@@ -645,7 +652,8 @@ def main(argv=None) -> int:
             if shipped_folder(entry.name) is None:
                 raise ZooError(f'{entry.name} has no shipped folder: publish it first with python -m mislas_timm.zoo '
                                'build')
-            metrics = add_seed_runs(entry.folder, args.runs, args.dataset, entry=entry)
+            metrics = add_seed_runs(entry.folder, args.runs, args.dataset, entry=entry,
+                                    keep_recorded=args.keep_recorded)
             for run in metrics['seed_runs']:
                 print(f'seed {run["seed"]}: top-1 {100 * run["top1"]:.2f}%, ECE {100 * run["ece"]:.2f}%')
             print(f'wrote {entry.folder / "metrics.json"} and {entry.folder / "README.md"}')

@@ -403,6 +403,10 @@ def test_add_seed_runs_again_replaces_the_list(seed_data, zoo_copy):
     assert _files(zoo_copy) == files  # idempotent, byte for byte
     fewer = zoo.add_seed_runs(zoo_copy, [str(runs['seed1'])], str(data))
     assert fewer['seed_runs'] == first['seed_runs'][:2]  # replaced, the shipped seed kept
+    # --keep-recorded: seed 1 recorded (its folder could be gone), seed 2 added: the full list again
+    assert zoo.add_seed_runs(zoo_copy, [str(runs['seed2'])], str(data), keep_recorded=True) == first
+    assert _files(zoo_copy) == files
+    zoo.add_seed_runs(zoo_copy, [str(runs['seed1'])], str(data))
     card = (zoo_copy / 'README.md').read_text()
     assert "2 training runs of the same recipe, seeds 0, 1;" in card and '| 2 |' not in card
 
