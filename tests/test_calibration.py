@@ -517,3 +517,28 @@ def test_evaluate_held_out_measures_the_rebuilt_validation_split(trained_folder,
     assert evaluate_main([str(trained_folder), '--dataset', str(noisy_dataset_dir), '--held-out',
                           '--test-imbalance', '10']) == 2
     assert _one_line_error(capsys.readouterr().err).startswith('evaluate: error: --held-out evaluates')
+
+
+def test_beyond_paper_rule_reads_validation_only_and_picks_top1_then_nll(trained_folder, noisy_dataset_dir):
+    """benchmarks/beyond_paper.py (issue 21's pre-registered rule): a candidate's validation numbers are those of
+    evaluate --held-out before temperature, temperature does not raise the NLL nor move top-1, and the choice is
+    the highest validation top-1, a tie going to the lower NLL."""
+    from mislas_timm.calibration import held_out_validation
+    from mislas_timm.evaluation import evaluate
+
+    from .conftest import load_benchmark
+
+    bench = load_benchmark('beyond_paper')
+    row = bench.validation_row(str(trained_folder), str(noisy_dataset_dir))
+    model = mislas_timm.load_model(str(trained_folder))
+    val, idx, _, _ = held_out_validation(model, str(noisy_dataset_dir))
+    direct = evaluate(model, val, batch_size=64)
+    assert row['num_val'] == len(idx) == 4 * VAL_PER_CLASS
+    for key in ('top1', 'ece', 'nll'):
+        assert row['before'][key] == pytest.approx(direct[key], rel=1e-5, abs=1e-9), key
+    assert row['after']['top1'] == row['before']['top1'] and row['after']['nll'] <= row['before']['nll'] + 1e-12
+
+    def r(top1, nll):
+        return {'after': {'top1': top1, 'nll': nll}}
+    assert bench.choose({'a': r(0.795, 0.65), 'b': r(0.795, 0.62), 'c': r(0.79, 0.50)}) == 'b'
+    assert bench.choose({'a': r(0.80, 0.70), 'b': r(0.795, 0.62)}) == 'a'
